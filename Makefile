@@ -1,0 +1,38 @@
+# The two commands of the README:
+#   make serve   set up .venv (first time) and start the server on the bundled models
+#   make test    set up .venv (first time) and run the test suite
+# Everything installs into .venv in the repository root.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 50051
+HOST ?= 0.0.0.0
+BACKEND ?= onnxruntime
+
+.PHONY: serve test install lint protos clean-venv
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch==2.13.0 (pinned in pyproject) resolves to the local CPU wheel; see README.
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/genserve serve --host $(HOST) --port $(PORT) --backend $(BACKEND)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+protos: $(STAMP)
+	$(BIN)/python protos/generate.py
+
+clean-venv:
+	rm -rf $(VENV)

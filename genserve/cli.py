@@ -1,0 +1,280 @@
+"""The ``genserve`` command: train, eval, export, serve, and the client verbs."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODELS = REPO_ROOT / "models"
+DEFAULT_CHECKPOINTS = REPO_ROOT / "checkpoints"
+# The evaluation classifier is small and every eval needs it, so it is committed.
+DEFAULT_CLASSIFIER = REPO_ROOT / "assets" / "classifier-mnist"
+
+log = logging.getLogger("genserve")
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = args.out or (
+        DEFAULT_CLASSIFIER if args.family == "classifier" else DEFAULT_CHECKPOINTS / f"{args.family}-mnist"
+    )
+    if args.family == "ddpm":
+        from genserve.training.ddpm import DDPMTrainConfig, train_ddpm
+
+        cfg = DDPMTrainConfig(seed=args.seed)
+        if args.steps:
+            cfg.steps = args.steps
+        train_ddpm(out, cfg)
+    elif args.family == "dcgan":
+        from genserve.training.dcgan import DCGANTrainConfig, train_dcgan
+
+        cfg = DCGANTrainConfig(seed=args.seed)
+        if args.steps:
+            cfg.steps = args.steps
+        train_dcgan(out, cfg)
+    elif args.family == "classifier":
+        from genserve.training.classifier import ClassifierTrainConfig, train_classifier
+
+        cfg = ClassifierTrainConfig(seed=args.seed)
+        if args.steps:
+            cfg.epochs = args.steps
+        train_classifier(out, cfg)
+    return 0
+
+
+# Served name and checkpoint folder of each exportable family.
+EXPORTS = {"ddpm": "ddpm-mnist", "dcgan": "dcgan-mnist"}
+
+
+def _export(args: argparse.Namespace) -> int:
+    from genserve.export.onnx_export import export_model_folder
+
+    for family in args.families:
+        name = EXPORTS[family]
+        checkpoint = (args.checkpoints or DEFAULT_CHECKPOINTS) / name
+        out = (args.models or DEFAULT_MODELS) / name
+        manifest = export_model_folder(checkpoint, out, name, max_batch_size=args.max_batch_size)
+        log.info("exported %s to %s (parity max abs error %s)", name, out, manifest.source["parity_max_abs_error"])
+        if args.tensorrt:
+            from genserve.export.tensorrt import EngineSpec, Precision, build_engine
+
+            spec = EngineSpec.from_manifest(manifest, precision=Precision(args.precision))
+            log.info("TensorRT engine %s", build_engine(out, spec))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from genserve.training.evaluate import Evaluator, record_metrics, samples_from_folder
+
+    folder = args.model if args.model.is_dir() else (args.models or DEFAULT_MODELS) / str(args.model)
+    name = folder.name
+    if args.images:
+        samples, source = np.load(args.images), f"file {args.images}"
+    elif args.server:
+        from genserve.client import GenserveClient
+
+        with GenserveClient(args.server) as client:
+            samples = client.generate(name, args.num_images, seed=args.seed, steps=args.steps)
+        source = f"server {args.server}"
+    else:
+        samples, source = samples_from_folder(folder, args.num_images, args.seed, args.steps), "in-process onnxruntime"
+    samples = samples.reshape(len(samples), 28, 28)
+    log.info("evaluating %d samples of %s (%s)", len(samples), name, source)
+    report = Evaluator().evaluate(samples)
+    print(json.dumps({"model": name, **report.to_dict()}, indent=2))
+    if args.grid:
+        from genserve import images
+
+        images.save_grid(samples[:100], args.grid, nrow=10)
+    if args.update_manifest:
+        settings = {"num_samples": len(samples), "seed": args.seed, "steps": args.steps, "source": source}
+        record_metrics(folder, report, settings)
+        log.info("recorded the metrics in %s/manifest.json", folder)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # Serving needs no torch (unless --backend torch, which imports it when the models load).
+    from genserve.serving.engines import Backend
+    from genserve.serving.server import ServerConfig, StartupError, run
+
+    logging.getLogger("grpc").setLevel(logging.INFO)  # its DEBUG lines (one per call) drown ours under -v
+    config = ServerConfig(
+        models_dir=args.models,
+        host=args.host,
+        port=args.port,
+        backend=Backend(args.backend),
+        grace_period=args.grace_period,
+    )
+    try:
+        run(config)
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+def _rpc_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A failed call prints ``STATUS_NAME: details`` on stderr and exits 1."""
+
+    @functools.wraps(handler)
+    def wrapper(args: argparse.Namespace) -> int:
+        import grpc
+
+        try:
+            return handler(args)
+        except grpc.RpcError as exc:
+            print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+
+    return wrapper
+
+
+@_rpc_errors
+def _models(args: argparse.Namespace) -> int:
+    from genserve.client import GenserveClient
+
+    with GenserveClient(args.server, timeout=args.timeout) as client:
+        for info in client.list_models():
+            print(info.name)
+    return 0
+
+
+@_rpc_errors
+def _generate(args: argparse.Namespace) -> int:
+    from genserve.client import GenserveClient
+
+    with GenserveClient(args.server, timeout=args.timeout) as client:
+        batch = client.generate(
+            args.model, args.num_images, seed=args.seed, steps=args.steps, sampler=args.sampler, eta=args.eta
+        )
+    written = write_images(batch, args.out)
+    log.info("wrote %d images from %s to %s", len(batch), args.model, written)
+    return 0
+
+
+def write_images(batch: np.ndarray, out: Path) -> Path:
+    """uint8 (N, H, W, C) -> ``out``: a grid if it ends in .png, an array if .npy ((N, H, W) for one
+    channel), else a folder of 000.png, 001.png, ..."""
+    import numpy as np
+
+    from genserve import images
+
+    if out.suffix == ".png":
+        return images.save_grid(batch, out)
+    if out.suffix == ".npy":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.save(out, batch[..., 0] if batch.shape[-1] == 1 else batch)
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    width = max(3, len(str(len(batch) - 1)))
+    for i, image in enumerate(batch):
+        (out / f"{i:0{width}d}.png").write_bytes(images.encode_png(image))
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genserve", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model family on MNIST (resumes from --out if a state is there)")
+    p.add_argument("family", choices=["ddpm", "dcgan", "classifier"])
+    p.add_argument("--out", type=Path, help="checkpoint folder (default checkpoints/<family>-mnist)")
+    p.add_argument("--steps", type=int, help="optimizer steps (epochs for the classifier)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("export", help="export checkpoints to model folders (ONNX + parity check [+ TensorRT])")
+    p.add_argument("families", nargs="+", choices=sorted(EXPORTS))
+    p.add_argument("--checkpoints", type=Path, help=f"checkpoint root (default {DEFAULT_CHECKPOINTS})")
+    p.add_argument("--models", type=Path, help=f"model repository to write (default {DEFAULT_MODELS})")
+    p.add_argument("--max-batch-size", type=int, default=64, help="engine batch limit recorded in the manifest")
+    p.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine (needs tensorrt + a GPU)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="TensorRT precision")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("eval", help="judge a model's samples with the evaluation classifier (FID, confidence)")
+    p.add_argument("model", type=Path, help="model name (folder under --models) or a model folder path")
+    p.add_argument("--models", type=Path, help=f"model repository (default {DEFAULT_MODELS})")
+    p.add_argument("-n", "--num-images", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, help="diffusion steps (default: the model's)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--server", help="HOST:PORT: sample through a running server instead of in-process")
+    source.add_argument("--images", type=Path, help="judge a uint8 .npy of (N, 28, 28) images instead of sampling")
+    p.add_argument("--grid", type=Path, help="also write the first 100 samples as a PNG grid")
+    p.add_argument("--update-manifest", action="store_true", help="record the metrics in the model's manifest")
+    p.set_defaults(func=_eval)
+
+    from genserve.schedule import Sampler
+    from genserve.serving.engines import Backend
+
+    p = sub.add_parser("serve", help="serve the model folders over gRPC until SIGTERM/SIGINT")
+    p.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=50051, help="port to bind; 0 = any free port (default 50051)")
+    p.add_argument("--models", type=Path, default=DEFAULT_MODELS, help=f"model repository (default {DEFAULT_MODELS})")
+    p.add_argument(
+        "--backend", choices=[b.value for b in Backend], default=Backend.ONNXRUNTIME.value, help="engine backend"
+    )
+    p.add_argument(
+        "--grace-period", type=float, default=10.0, help="seconds calls in flight get at shutdown (default 10)"
+    )
+    p.set_defaults(func=_serve)
+
+    def client_parser(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--server", default=DEFAULT_SERVER, help=f"HOST:PORT (default {DEFAULT_SERVER})")
+        p.add_argument("--timeout", type=float, help="deadline of the call in seconds (default none)")
+        return p
+
+    p = client_parser("models", "list the models a server serves, one name per line")
+    p.set_defaults(func=_models)
+
+    p = client_parser("generate", "generate images with a served model")
+    p.add_argument("--model", required=True, help="a name from `genserve models`")
+    p.add_argument("-n", "--num-images", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, help="diffusion steps (default: the model's, the full schedule)")
+    p.add_argument(
+        "--sampler",
+        choices=[s.value for s in Sampler],
+        help="diffusion sampler (default: DDPM on the full schedule, DDIM on fewer steps)",
+    )
+    p.add_argument("--eta", type=float, help="DDIM stochasticity in [0, 1] (default 0)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="X.png: one grid image; X.npy: uint8 array; else a folder of PNGs"
+    )
+    p.set_defaults(func=_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""A synchronous Python client for a genserve server.
+
+    with GenserveClient("127.0.0.1:50051", timeout=60) as client:
+        client.wait_until_serving(timeout=30)
+        images = client.generate("ddpm-mnist", 16, seed=1, steps=50)  # uint8 (16, 28, 28, 1)
+
+Failed calls raise ``grpc.RpcError`` unchanged: ``err.code()`` is the status (NOT_FOUND,
+INVALID_ARGUMENT, ...) and ``err.details()`` the server's explanation.
+"""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2_grpc
+
+from genserve.schedule import Sampler
+from genserve.serving import convert
+from genserve.serving.domain import GenerateRequest, ModelInfo
+from genserve.serving.pb import genserve_pb2_grpc
+
+__all__ = ["GenserveClient", "ModelInfo", "Sampler"]
+
+
+class GenserveClient:
+    """One channel to one server. ``timeout`` is every call's deadline in seconds (None: no deadline)."""
+
+    def __init__(self, target: str, timeout: float | None = None):
+        self.target = target
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", convert.MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", convert.MAX_MESSAGE_BYTES),
+            ],
+        )
+        self._stub = genserve_pb2_grpc.GenerationServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def __enter__(self) -> GenserveClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def list_models(self) -> list[ModelInfo]:
+        """The served models, sorted by name."""
+        response = self._stub.ListModels(convert.list_models_request(), timeout=self.timeout)
+        return convert.model_infos_from_response(response)
+
+    def generate(
+        self,
+        model: str,
+        num_images: int,
+        seed: int = 0,
+        steps: int | None = None,
+        sampler: Sampler | str | None = None,
+        eta: float | None = None,
+    ) -> np.ndarray:
+        """Generate ``num_images`` images: uint8 (N, H, W, C), decoded from the raw tensors."""
+        response = self._generate(model, num_images, seed, steps, sampler, eta, convert.ImageEncoding.RAW)
+        return convert.images_from_response(response)
+
+    def generate_png(
+        self,
+        model: str,
+        num_images: int,
+        seed: int = 0,
+        steps: int | None = None,
+        sampler: Sampler | str | None = None,
+        eta: float | None = None,
+    ) -> list[bytes]:
+        """Like ``generate``, but the images come back as PNG files (bytes), one per image."""
+        response = self._generate(model, num_images, seed, steps, sampler, eta, convert.ImageEncoding.PNG)
+        return convert.pngs_from_response(response)
+
+    def _generate(
+        self,
+        model: str,
+        num_images: int,
+        seed: int,
+        steps: int | None,
+        sampler: Sampler | str | None,
+        eta: float | None,
+        encoding: convert.ImageEncoding,
+    ):
+        request = GenerateRequest(
+            model=model,
+            num_images=num_images,
+            seed=seed,
+            steps=steps,
+            sampler=Sampler(sampler) if isinstance(sampler, str) else sampler,
+            eta=eta,
+        )
+        return self._stub.Generate(convert.generate_request_to_proto(request, encoding), timeout=self.timeout)
+
+    def health(self, service: str = "") -> str:
+        """grpc.health.v1 status of ``service`` ("" = the whole server): "SERVING", "NOT_SERVING", ..."""
+        response = self._health.Check(convert.health_check_request(service), timeout=self.timeout)
+        return convert.health_status_name(response)
+
+    def wait_until_serving(self, timeout: float, service: str = "") -> None:
+        """Block until the server reports SERVING (it may not be listening yet); TimeoutError after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            updates = self._health.Watch(convert.health_check_request(service), timeout=remaining, wait_for_ready=True)
+            try:
+                for update in updates:
+                    if convert.health_status_name(update) == "SERVING":
+                        return
+            except grpc.RpcError as exc:
+                if exc.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise
+            finally:
+                updates.cancel()
+        raise TimeoutError(f"{self.target} did not report SERVING within {timeout:g} s")

@@ -1,0 +1,158 @@
+"""The model folder: the contract between export and serving.
+
+    models/<name>/manifest.json   what the model is and how to drive it (this module)
+    models/<name>/model.onnx      the graph, dynamic batch axis
+    models/<name>/weights/        PyTorch checkpoint (safetensors + config) for the torch backend
+    models/<name>/engines/        TensorRT engines built from model.onnx, keyed by cache key
+
+``Manifest.load`` validates everything and reports every problem at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from genserve import schedule
+from genserve.signature import ModelKind, Signature, TensorSpec
+
+MANIFEST_FILE = "manifest.json"
+ONNX_FILE = "model.onnx"
+WEIGHTS_DIR = "weights"
+FORMAT_VERSION = 1
+
+
+class ManifestError(ValueError):
+    """A model folder is missing files or its manifest is invalid; lists every problem."""
+
+    def __init__(self, folder: Path, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"invalid model folder {folder}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class DiffusionSpec:
+    num_timesteps: int = schedule.NUM_TIMESTEPS
+    beta_schedule: str = "linear"
+    beta_start: float = schedule.BETA_START
+    beta_end: float = schedule.BETA_END
+    default_steps: int = schedule.NUM_TIMESTEPS
+    default_sampler: str = schedule.Sampler.DDPM.value
+
+    def gaussian_diffusion(self) -> schedule.GaussianDiffusion:
+        return schedule.GaussianDiffusion(schedule.linear_betas(self.num_timesteps, self.beta_start, self.beta_end))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    kind: ModelKind
+    version: str
+    signature: Signature
+    image_shape: tuple[int, int, int]  # (C, H, W) of the produced images
+    max_batch_size: int  # most items in one engine call, and most images in one request
+    description: str = ""
+    dataset: str = ""
+    latent_dim: int | None = None  # SAMPLER: size of z
+    diffusion: DiffusionSpec | None = None  # DIFFUSION: the schedule the step graph was trained with
+    metrics: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+    source: dict[str, Any] = field(default_factory=dict)  # checkpoint, training step, command
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "kind": self.kind.value,
+            "version": self.version,
+            "description": self.description,
+            "dataset": self.dataset,
+            "image_shape": list(self.image_shape),
+            "max_batch_size": self.max_batch_size,
+            "inputs": [s.to_json() for s in self.signature.inputs],
+            "outputs": [s.to_json() for s in self.signature.outputs],
+        }
+        if self.latent_dim is not None:
+            d["latent_dim"] = self.latent_dim
+        if self.diffusion is not None:
+            d["diffusion"] = self.diffusion.__dict__.copy()
+        d.update(metrics=self.metrics, files=self.files, source=self.source)
+        return d
+
+    def write(self, folder: Path) -> Path:
+        path = folder / MANIFEST_FILE
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, folder: Path, verify_hashes: bool = True) -> Manifest:
+        path = folder / MANIFEST_FILE
+        if not path.is_file():
+            raise ManifestError(folder, [f"{MANIFEST_FILE} not found"])
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ManifestError(folder, [f"{MANIFEST_FILE} is not JSON: {exc}"]) from exc
+        problems: list[str] = []
+        for key in ("name", "kind", "version", "image_shape", "max_batch_size", "inputs", "outputs"):
+            if key not in d:
+                problems.append(f"missing key {key!r}")
+        if d.get("format_version") != FORMAT_VERSION:
+            problems.append(f"format_version must be {FORMAT_VERSION}, got {d.get('format_version')!r}")
+        kinds = [k.value for k in ModelKind]
+        if "kind" in d and d["kind"] not in kinds:
+            problems.append(f"kind must be one of {kinds}, got {d['kind']!r}")
+        if "max_batch_size" in d and not (isinstance(d["max_batch_size"], int) and d["max_batch_size"] >= 1):
+            problems.append(f"max_batch_size must be an integer >= 1, got {d['max_batch_size']!r}")
+        if d.get("kind") == ModelKind.DIFFUSION.value and "diffusion" not in d:
+            problems.append("a diffusion model needs a 'diffusion' section")
+        if d.get("kind") == ModelKind.SAMPLER.value and "latent_dim" not in d:
+            problems.append("a sampler model needs 'latent_dim'")
+        if not (folder / ONNX_FILE).is_file():
+            problems.append(f"{ONNX_FILE} not found")
+        if verify_hashes:
+            for rel, digest in d.get("files", {}).items():
+                f = folder / rel
+                if not f.is_file():
+                    problems.append(f"listed file {rel} not found")
+                elif sha256(f) != digest:
+                    problems.append(f"sha256 of {rel} does not match the manifest")
+        if problems:
+            raise ManifestError(folder, problems)
+        try:
+            return cls(
+                name=d["name"],
+                kind=ModelKind(d["kind"]),
+                version=str(d["version"]),
+                signature=Signature(
+                    tuple(TensorSpec.from_json(s) for s in d["inputs"]),
+                    tuple(TensorSpec.from_json(s) for s in d["outputs"]),
+                ),
+                image_shape=tuple(int(x) for x in d["image_shape"]),
+                max_batch_size=int(d["max_batch_size"]),
+                description=d.get("description", ""),
+                dataset=d.get("dataset", ""),
+                latent_dim=d.get("latent_dim"),
+                diffusion=DiffusionSpec(**d["diffusion"]) if "diffusion" in d else None,
+                metrics=d.get("metrics", {}),
+                files=d.get("files", {}),
+                source=d.get("source", {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ManifestError(folder, [f"malformed entry: {exc}"]) from exc
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def discover(models_dir: Path) -> list[Path]:
+    """Model folders under ``models_dir``: every direct subfolder holding a manifest, sorted."""
+    return sorted(p.parent for p in models_dir.glob(f"*/{MANIFEST_FILE}"))

@@ -1,0 +1,249 @@
+"""Protobuf <-> domain conversions, in one place.
+
+This is the only module that imports generated message code (``*_pb2``); servicers, the server
+and the client call these functions and see domain objects and NumPy arrays. Generated service
+code (``*_pb2_grpc``: stubs and servicer registration) is used by ``server`` and ``client`` only.
+
+Request checks that only the wire format can get wrong (an enum number the proto does not define,
+a missing model name, a tensor whose bytes do not match its shape) raise the domain
+``InvalidArgument`` here; limits that depend on the model (num_images, steps, eta) are the
+runner's ``validate``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterable
+
+import numpy as np
+from grpc_health.v1 import health_pb2
+
+from genserve import images
+from genserve.schedule import Sampler
+from genserve.serving.domain import GenerateRequest, ModelInfo
+from genserve.serving.errors import InvalidArgument
+from genserve.serving.pb import genserve_pb2 as pb
+from genserve.signature import ModelKind
+
+# Largest message either side sends or accepts (gRPC's default is 4 MiB); server and client share it.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name  # "genserve.v1.GenerationService"
+
+
+class ImageEncoding(enum.Enum):
+    """Which representations of each image a GenerateResponse carries (a transport choice)."""
+
+    PNG_AND_RAW = "png_and_raw"
+    PNG = "png"
+    RAW = "raw"
+
+    @property
+    def png(self) -> bool:
+        return self is not ImageEncoding.RAW
+
+    @property
+    def raw(self) -> bool:
+        return self is not ImageEncoding.PNG
+
+
+_KIND = {
+    ModelKind.SAMPLER: pb.MODEL_KIND_SAMPLER,
+    ModelKind.TRANSLATOR: pb.MODEL_KIND_TRANSLATOR,
+    ModelKind.DIFFUSION: pb.MODEL_KIND_DIFFUSION,
+}
+_SAMPLER = {Sampler.DDPM: pb.SAMPLER_DDPM, Sampler.DDIM: pb.SAMPLER_DDIM}
+_ENCODING = {
+    ImageEncoding.PNG_AND_RAW: pb.IMAGE_ENCODING_PNG_AND_RAW,
+    ImageEncoding.PNG: pb.IMAGE_ENCODING_PNG,
+    ImageEncoding.RAW: pb.IMAGE_ENCODING_RAW,
+}
+_DTYPE = {np.dtype(np.uint8): pb.DATA_TYPE_UINT8, np.dtype("<f4"): pb.DATA_TYPE_FLOAT32}
+
+
+def _invert(table: dict) -> dict:
+    return {v: k for k, v in table.items()}
+
+
+_KIND_FROM_PB = _invert(_KIND)
+_SAMPLER_FROM_PB = _invert(_SAMPLER) | {pb.SAMPLER_UNSPECIFIED: None}
+_ENCODING_FROM_PB = _invert(_ENCODING) | {pb.IMAGE_ENCODING_UNSPECIFIED: ImageEncoding.PNG_AND_RAW}
+_DTYPE_FROM_PB = _invert(_DTYPE)
+
+
+def _enum_from_pb(table: dict, value: int, field: str, enum_type) -> object:
+    """Look up a proto enum number; proto3 enums are open, so any int32 can arrive on the wire."""
+    try:
+        return table[value]
+    except KeyError:
+        allowed = ", ".join(enum_type.Name(v) for v in sorted(table))
+        raise InvalidArgument(f"{field} must be one of {allowed}; got {value}") from None
+
+
+# --- GenerateRequest -------------------------------------------------------------------------
+
+
+def generate_request_from_proto(msg: pb.GenerateRequest) -> tuple[GenerateRequest, ImageEncoding]:
+    """Wire request -> domain request and the encoding the response should use."""
+    if not msg.model:
+        raise InvalidArgument("model must be set to a name from ListModels")
+    request = GenerateRequest(
+        model=msg.model,
+        num_images=msg.num_images,
+        seed=msg.seed,
+        steps=msg.steps if msg.HasField("steps") else None,
+        sampler=_enum_from_pb(_SAMPLER_FROM_PB, msg.sampler, "sampler", pb.Sampler),
+        eta=float(msg.eta) if msg.HasField("eta") else None,
+    )
+    encoding = _enum_from_pb(_ENCODING_FROM_PB, msg.encoding, "encoding", pb.ImageEncoding)
+    return request, encoding
+
+
+def generate_request_to_proto(
+    request: GenerateRequest, encoding: ImageEncoding = ImageEncoding.PNG_AND_RAW
+) -> pb.GenerateRequest:
+    msg = pb.GenerateRequest(
+        model=request.model,
+        num_images=request.num_images,
+        seed=request.seed,
+        sampler=pb.SAMPLER_UNSPECIFIED if request.sampler is None else _SAMPLER[request.sampler],
+        encoding=_ENCODING[encoding],
+    )
+    if request.steps is not None:
+        msg.steps = request.steps
+    if request.eta is not None:
+        msg.eta = request.eta
+    return msg
+
+
+# --- Tensors and images ----------------------------------------------------------------------
+
+
+def tensor_to_proto(array: np.ndarray) -> pb.Tensor:
+    """uint8 or float32 array -> Tensor (little-endian, C order)."""
+    dtype = array.dtype.newbyteorder("<")
+    if dtype not in _DTYPE:
+        raise ValueError(f"tensors carry uint8 or float32, not {array.dtype}")
+    data = np.ascontiguousarray(array, dtype=dtype).tobytes()
+    return pb.Tensor(dtype=_DTYPE[dtype], shape=array.shape, data=data)
+
+
+def tensor_from_proto(msg: pb.Tensor) -> np.ndarray:
+    """Tensor -> a (read-only) array of its dtype and shape; InvalidArgument if they disagree with the bytes."""
+    dtype = _enum_from_pb(_DTYPE_FROM_PB, msg.dtype, "tensor dtype", pb.DataType)
+    shape = tuple(msg.shape)
+    if any(d < 0 for d in shape):
+        raise InvalidArgument(f"tensor shape must not have negative dimensions, got {list(shape)}")
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(msg.data) != expected:
+        raise InvalidArgument(f"tensor of {dtype} {list(shape)} needs {expected} bytes, got {len(msg.data)}")
+    return np.frombuffer(msg.data, dtype=dtype).reshape(shape)
+
+
+def image_to_proto(image: np.ndarray, encoding: ImageEncoding) -> pb.Image:
+    """uint8 (H, W, C) -> Image with PNG bytes and/or the raw tensor."""
+    msg = pb.Image()
+    if encoding.png:
+        msg.png = images.encode_png(image)
+    if encoding.raw:
+        msg.raw.CopyFrom(tensor_to_proto(image))
+    return msg
+
+
+def generate_response_to_proto(model: str, batch: np.ndarray, encoding: ImageEncoding) -> pb.GenerateResponse:
+    """uint8 images (N, H, W, C) -> GenerateResponse."""
+    return pb.GenerateResponse(model=model, images=[image_to_proto(image, encoding) for image in batch])
+
+
+def images_from_response(msg: pb.GenerateResponse) -> np.ndarray:
+    """The raw tensors of a GenerateResponse -> uint8 (N, H, W, C)."""
+    arrays = []
+    for i, image in enumerate(msg.images):
+        if not image.HasField("raw"):
+            raise ValueError(f"image {i} of the response has no raw tensor (was it requested as PNG only?)")
+        arrays.append(tensor_from_proto(image.raw))
+    if not arrays:
+        return np.zeros((0, 0, 0, 0), dtype=np.uint8)
+    return np.stack(arrays)
+
+
+def pngs_from_response(msg: pb.GenerateResponse) -> list[bytes]:
+    return [image.png for image in msg.images]
+
+
+# --- Models ----------------------------------------------------------------------------------
+
+
+def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
+    c, h, w = info.image_shape
+    msg = pb.ModelInfo(
+        name=info.name,
+        kind=_KIND[info.kind],
+        version=info.version,
+        image_shape=pb.ImageShape(channels=c, height=h, width=w),
+        max_images_per_request=info.max_images,
+        metrics={k: float(v) for k, v in info.metrics.items() if _is_number(v)},
+        metrics_json=json.dumps(info.metrics, sort_keys=True),
+        description=info.description,
+        dataset=info.dataset,
+    )
+    if info.kind is ModelKind.DIFFUSION:
+        msg.diffusion.CopyFrom(
+            pb.DiffusionInfo(
+                num_timesteps=info.num_timesteps or 0,
+                default_steps=info.default_steps or 0,
+                default_sampler=pb.SAMPLER_UNSPECIFIED
+                if info.default_sampler is None
+                else _SAMPLER[info.default_sampler],
+            )
+        )
+    return msg
+
+
+def model_info_from_proto(msg: pb.ModelInfo) -> ModelInfo:
+    diffusion = msg.diffusion if msg.HasField("diffusion") else None
+    return ModelInfo(
+        name=msg.name,
+        kind=_enum_from_pb(_KIND_FROM_PB, msg.kind, "kind", pb.ModelKind),
+        version=msg.version,
+        image_shape=(msg.image_shape.channels, msg.image_shape.height, msg.image_shape.width),
+        max_images=msg.max_images_per_request,
+        num_timesteps=diffusion.num_timesteps if diffusion else None,
+        default_steps=diffusion.default_steps if diffusion else None,
+        default_sampler=_SAMPLER_FROM_PB.get(diffusion.default_sampler) if diffusion else None,
+        metrics=json.loads(msg.metrics_json) if msg.metrics_json else dict(msg.metrics),
+        description=msg.description,
+        dataset=msg.dataset,
+    )
+
+
+def list_models_request() -> pb.ListModelsRequest:
+    return pb.ListModelsRequest()
+
+
+def list_models_response(infos: Iterable[ModelInfo]) -> pb.ListModelsResponse:
+    return pb.ListModelsResponse(models=[model_info_to_proto(i) for i in sorted(infos, key=lambda i: i.name)])
+
+
+def model_infos_from_response(msg: pb.ListModelsResponse) -> list[ModelInfo]:
+    return [model_info_from_proto(m) for m in msg.models]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# --- Health (grpc.health.v1) -----------------------------------------------------------------
+
+
+def health_status(serving: bool) -> health_pb2.HealthCheckResponse.ServingStatus:
+    return health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def health_check_request(service: str = "") -> health_pb2.HealthCheckRequest:
+    return health_pb2.HealthCheckRequest(service=service)
+
+
+def health_status_name(msg: health_pb2.HealthCheckResponse) -> str:
+    """HealthCheckResponse -> "SERVING", "NOT_SERVING", "UNKNOWN" or "SERVICE_UNKNOWN"."""
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(msg.status)

@@ -1,0 +1,64 @@
+"""Requests and results as the serving core sees them: no protobuf, no gRPC."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from genserve.manifest import Manifest
+from genserve.schedule import Sampler, VarianceType
+from genserve.signature import ModelKind
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    model: str
+    num_images: int
+    seed: int = 0
+    steps: int | None = None  # diffusion only; None = the model's default
+    sampler: Sampler | None = None  # diffusion only; None = the model's default
+    eta: float | None = None  # DDIM only; None = 0.0
+    variance: VarianceType = VarianceType.FIXED_SMALL  # DDPM only
+    clip_denoised: bool = True  # clip x̂₀ to [-1, 1] as Ho et al.'s code does; False = Algorithm 2 verbatim
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    model: str
+    images: np.ndarray  # uint8 (N, H, W, C)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a client may know about a served model (ListModels)."""
+
+    name: str
+    kind: ModelKind
+    version: str
+    image_shape: tuple[int, int, int]  # (C, H, W)
+    max_images: int  # most images per request; the least is 1
+    num_timesteps: int | None = None  # diffusion only
+    default_steps: int | None = None  # diffusion only
+    default_sampler: Sampler | None = None  # diffusion only, on the full schedule
+    metrics: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    dataset: str = ""
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, max_images: int) -> ModelInfo:
+        spec = manifest.diffusion
+        return cls(
+            name=manifest.name,
+            kind=manifest.kind,
+            version=manifest.version,
+            image_shape=manifest.image_shape,
+            max_images=max_images,
+            num_timesteps=spec.num_timesteps if spec else None,
+            default_steps=spec.default_steps if spec else None,
+            default_sampler=Sampler(spec.default_sampler) if spec else None,
+            metrics=dict(manifest.metrics),
+            description=manifest.description,
+            dataset=manifest.dataset,
+        )

@@ -1,0 +1,111 @@
+"""Start-up, model-loading failures and graceful shutdown of ``genserve serve`` processes."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2_grpc
+
+from genserve.client import GenserveClient
+from genserve.serving import convert
+
+DDPM = "ddpm-tiny"
+
+
+class CallInThread:
+    """A Generate call running in a thread; ``result()`` returns its images or raises its error."""
+
+    def __init__(self, target: str, **request):
+        self._outcome: dict = {}
+        self._thread = threading.Thread(target=self._run, args=(target, request), daemon=True)
+        self._thread.start()
+
+    def _run(self, target: str, request: dict) -> None:
+        try:
+            with GenserveClient(target, timeout=120) as client:
+                self._outcome["images"] = client.generate(**request)
+        except Exception as exc:
+            self._outcome["error"] = exc
+
+    def result(self, timeout: float = 60):
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the call did not return"
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        return self._outcome["images"]
+
+
+def test_sigterm_reports_not_serving_refuses_new_calls_and_lets_a_call_in_flight_finish(start_server):
+    grace = 30.0
+    server = start_server("--grace-period", str(grace), verbose=True).wait_until_serving()
+    with grpc.insecure_channel(server.target) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(convert.health_check_request(""), timeout=60)
+        assert convert.health_status_name(next(watch)) == "SERVING"
+
+        call = CallInThread(server.target, model=DDPM, num_images=2, seed=3, steps=500)
+        server.wait_for_line(rf"model={DDPM} running request")
+        sent = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+
+        assert convert.health_status_name(next(watch)) == "NOT_SERVING"
+        watch.cancel()  # a watch is a call in flight too: it would hold the drain to the end of the grace period
+        server.wait_for_line("draining")
+        with GenserveClient(server.target, timeout=30) as late, pytest.raises(grpc.RpcError) as refused:
+            late.generate("dcgan-tiny", 1)
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+
+        code = server.wait(timeout=grace)
+    assert code == 0, server.log
+    assert time.monotonic() - sent < grace
+    assert call.result().shape == (2, 28, 28, 1)
+    log = server.log
+    assert log.index("received SIGTERM") < log.index(f"Generate model={DDPM}"), "the call ended before SIGTERM"
+
+
+def test_sigterm_exits_at_the_end_of_the_grace_period_when_a_call_outlasts_it(start_server):
+    grace = 1.0
+    server = start_server("--grace-period", str(grace), verbose=True).wait_until_serving()
+    call = CallInThread(server.target, model=DDPM, num_images=8, seed=3, steps=1000)  # tens of seconds
+    server.wait_for_line(rf"model={DDPM} running request")
+    sent = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=30) == 0, server.log
+    assert time.monotonic() - sent < grace + 5.0
+    with pytest.raises(grpc.RpcError) as cut:
+        call.result()
+    assert cut.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+
+
+def test_sigint_stops_an_idle_server_with_exit_code_zero(start_server):
+    server = start_server().wait_until_serving()
+    server.proc.send_signal(signal.SIGINT)
+    assert server.wait(timeout=15) == 0, server.log
+
+
+def test_a_broken_model_folder_stops_the_server_with_the_reason(start_server, tiny_models: Path, tmp_path: Path):
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models)
+    (models / DDPM / "model.onnx").unlink()
+    server = start_server(models=models)
+    assert server.wait(timeout=60) == 1
+    assert "failed to load the models" in server.log
+    assert "model.onnx not found" in server.log
+    assert "serving 2 models" not in server.log
+
+
+def test_an_empty_model_repository_stops_the_server(start_server, tmp_path: Path):
+    server = start_server(models=tmp_path)
+    assert server.wait(timeout=60) == 1
+    assert "no model folders" in server.log
+
+
+def test_a_port_already_in_use_stops_the_server_with_the_reason(start_server, server):
+    second = start_server("--port", str(server.port))  # the last --port wins
+    assert second.wait(timeout=60) == 1
+    assert f"cannot listen on 127.0.0.1:{server.port}" in second.log

@@ -1,0 +1,1 @@
+"""Training: data sets, train loops and losses, evaluation. Never imported by serving."""

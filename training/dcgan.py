@@ -1,0 +1,91 @@
+"""DCGAN training (Radford et al. 2016): non-saturating GAN loss, Adam(2e-4, β1 = 0.5)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from genserve import images, noise
+from genserve.nets import save_checkpoint
+from genserve.nets.dcgan import DCGANConfig, Discriminator, Generator
+from genserve.training.data import batches, mnist_splits, to_model_range
+from genserve.training.loop import load_state, save_state, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DCGANTrainConfig:
+    net: DCGANConfig = field(default_factory=DCGANConfig)
+    steps: int = 5000
+    batch_size: int = 64
+    lr: float = 2e-4
+    beta1: float = 0.5
+    seed: int = 0
+    checkpoint_every: int = 500
+    sample_every: int = 1000
+
+
+def train_dcgan(out: Path, config: DCGANTrainConfig) -> Path:
+    generator_rng = seed_everything(config.seed)
+    train, _ = mnist_splits()
+    data = to_model_range(train.images)  # (N, 1, 28, 28)
+    gen, disc = Generator(config.net), Discriminator(config.net)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
+    out.mkdir(parents=True, exist_ok=True)
+    start = load_state(out, generator_rng, gen=gen, disc=disc, opt_g=opt_g, opt_d=opt_d)
+
+    t0 = time.time()
+    bar = tqdm(total=config.steps, initial=start, desc="dcgan", unit="step", smoothing=0.05)
+    batch_iter = batches(data, config.batch_size, generator_rng)
+    for step in range(start, config.steps):
+        real = data[next(batch_iter)]  # (B, 1, 28, 28)
+        z = torch.randn(len(real), config.net.latent_dim, generator=generator_rng)
+        fake = gen(z)
+        ones, zeros = torch.ones(len(real)), torch.zeros(len(real))
+
+        loss_d = F.binary_cross_entropy_with_logits(disc(real), ones) + F.binary_cross_entropy_with_logits(
+            disc(fake.detach()), zeros
+        )
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+
+        loss_g = F.binary_cross_entropy_with_logits(disc(fake), ones)  # non-saturating: max log D(G(z))
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+
+        bar.update(1)
+        bar.set_postfix(loss_d=f"{loss_d.item():.3f}", loss_g=f"{loss_g.item():.3f}")
+        done = step + 1
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            extra = {
+                "train": dataclasses.asdict(config),
+                "step": done,
+                "train_seconds_this_run": round(time.time() - t0, 1),
+            }
+            save_checkpoint(out, "dcgan_generator", gen, config.net, extra)
+            save_state(out, done, generator_rng, gen=gen, disc=disc, opt_g=opt_g, opt_d=opt_d)
+        if done % config.sample_every == 0 or done == config.steps:
+            _sample_grid(out, gen, config.net.latent_dim, done)
+    bar.close()
+    return out
+
+
+@torch.no_grad()
+def _sample_grid(out: Path, gen: Generator, latent_dim: int, step: int) -> None:
+    gen.eval()
+    z = noise.gaussian(np.zeros(64), np.arange(64), np.zeros(64), (latent_dim,))  # the server's latents for seed 0
+    x = gen(torch.from_numpy(z)).numpy()
+    images.save_grid(images.to_uint8(x), out / "samples" / f"step{step:06d}.png", nrow=8)
+    gen.train()
