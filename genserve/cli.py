@@ -273,7 +273,13 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return args.func(args)
+    from genserve.manifest import ManifestError
+
+    try:
+        return args.func(args)
+    except (ManifestError, FileNotFoundError) as exc:  # a missing or broken model/checkpoint folder
+        log.error("%s", exc)
+        return 1
 
 
 if __name__ == "__main__":

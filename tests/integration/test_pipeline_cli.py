@@ -1,0 +1,56 @@
+"""train -> export -> eval through the real ``genserve`` commands, on a two-step DCGAN run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from genserve import manifest as mf
+
+GENSERVE = str(Path(sys.executable).with_name("genserve"))
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([GENSERVE, *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline")
+    run("train", "dcgan", "--steps", "2", "--out", str(root / "checkpoints" / "dcgan-mnist"))
+    return root
+
+
+def test_train_writes_a_resumable_checkpoint_with_its_config(trained):
+    ck = trained / "checkpoints" / "dcgan-mnist"
+    meta = json.loads((ck / "config.json").read_text())
+    assert meta["family"] == "dcgan_generator" and meta["step"] == 2
+    assert (ck / "model.safetensors").is_file() and (ck / "train_state.pt").is_file()
+    assert (ck / "samples" / "step000002.png").is_file()
+    resumed = run("train", "dcgan", "--steps", "3", "--out", str(ck))
+    assert "resumed" in resumed.stderr and json.loads((ck / "config.json").read_text())["step"] == 3
+
+
+def test_export_then_eval_records_metrics_in_the_manifest(trained):
+    models = trained / "models"
+    run("export", "dcgan", "--checkpoints", str(trained / "checkpoints"), "--models", str(models))
+    folder = models / "dcgan-mnist"
+    assert mf.Manifest.load(folder).metrics == {}
+    out = run("eval", str(folder), "-n", "20", "--update-manifest", "--grid", str(trained / "grid.png"))
+    report = json.loads(out.stdout)
+    assert report["model"] == "dcgan-mnist" and report["num_samples"] == 20
+    assert report["fid"] > 0 and report["fid_floor"] > 0 and len(report["class_histogram"]) == 10
+    metrics = mf.Manifest.load(folder).metrics
+    assert metrics["fid"] == report["fid"]
+    assert metrics["onnx_sha256"] == mf.sha256(folder / mf.ONNX_FILE)
+    assert (trained / "grid.png").is_file()
+
+
+def test_eval_of_an_unknown_model_fails_with_the_reason(trained):
+    proc = subprocess.run([GENSERVE, "eval", "no-such-model", "--models", str(trained)], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "manifest.json not found" in proc.stderr
