@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,12 @@ class ServerProcess:
         return self.proc.wait(timeout)
 
 
-def start_server(*args: str, timeout: float = 120.0, log_path: Path | None = None) -> ServerProcess:
+def _drain(stream) -> None:
+    for _ in stream:
+        pass
+
+
+def start_server(*args: str, timeout: float = 120.0) -> ServerProcess:
     """Spawn ``genserve serve --port 0 ARGS``; return once the overall health is SERVING."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     started = time.monotonic()
@@ -58,8 +64,7 @@ def start_server(*args: str, timeout: float = 120.0, log_path: Path | None = Non
             proc.kill()
             raise TimeoutError("server did not listen in time:\n" + "".join(lines))
     # Keep draining the server's output so it never blocks on a full pipe.
-    sink = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    subprocess.Popen(["cat"], stdin=proc.stdout, stdout=sink)
+    threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:

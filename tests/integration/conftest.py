@@ -117,6 +117,16 @@ def server(tiny_models: Path) -> Iterator[ServerProcess]:
         process.stop()
 
 
+@pytest.fixture(scope="session")
+def genserve() -> Callable[..., subprocess.CompletedProcess]:
+    """``genserve(*args, timeout=300)``: this virtualenv's real command line, run to completion."""
+
+    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([str(GENSERVE), *args], capture_output=True, text=True, timeout=timeout)
+
+    return run
+
+
 @pytest.fixture
 def client(server: ServerProcess) -> Iterator[GenserveClient]:
     with GenserveClient(server.target, timeout=60) as c:

@@ -3,52 +3,45 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-GENSERVE = Path(sys.executable).parent / "genserve"
 
-
-def genserve(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(GENSERVE), *args], capture_output=True, text=True, timeout=120)
-
-
-def generate(server, out: Path, *args: str) -> subprocess.CompletedProcess:
+def generate(genserve, server, out: Path, *args: str) -> subprocess.CompletedProcess:
     return genserve("generate", "--server", server.target, "--out", str(out), *args)
 
 
-def test_models_prints_one_model_name_per_line(server):
+def test_models_prints_one_model_name_per_line(genserve, server):
     result = genserve("models", "--server", server.target)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["dcgan-tiny", "ddpm-tiny"]
 
 
-def test_generate_to_png_writes_one_grid_image(server, tmp_path: Path):
+def test_generate_to_png_writes_one_grid_image(genserve, server, tmp_path: Path):
     out = tmp_path / "grid.png"
-    result = generate(server, out, "--model", "ddpm-tiny", "-n", "4", "--seed", "1", "--steps", "3")
+    result = generate(genserve, server, out, "--model", "ddpm-tiny", "-n", "4", "--seed", "1", "--steps", "3")
     assert result.returncode == 0, result.stderr
     with Image.open(out) as grid:
         assert grid.mode == "L"
         assert grid.size == (2 * 28 + 3 * 2, 2 * 28 + 3 * 2)  # 2 x 2 tiles with 2-pixel padding
 
 
-def test_generate_to_npy_writes_uint8_n_h_w_for_one_channel_images(server, tmp_path: Path):
+def test_generate_to_npy_writes_uint8_n_h_w_for_one_channel_images(genserve, server, tmp_path: Path):
     out = tmp_path / "images.npy"
-    result = generate(server, out, "--model", "dcgan-tiny", "-n", "3", "--seed", "2")
+    result = generate(genserve, server, out, "--model", "dcgan-tiny", "-n", "3", "--seed", "2")
     assert result.returncode == 0, result.stderr
     images = np.load(out)
     assert images.dtype == np.uint8
     assert images.shape == (3, 28, 28)
 
 
-def test_generate_to_a_folder_writes_one_png_per_image_with_the_served_pixels(server, tmp_path: Path):
+def test_generate_to_a_folder_writes_one_png_per_image_with_the_served_pixels(genserve, server, tmp_path: Path):
     out_dir, npy = tmp_path / "pngs", tmp_path / "same.npy"
     args = ("--model", "ddpm-tiny", "-n", "3", "--seed", "9", "--steps", "4", "--sampler", "ddim", "--eta", "0.5")
-    assert generate(server, out_dir, *args).returncode == 0
-    assert generate(server, npy, *args).returncode == 0
+    assert generate(genserve, server, out_dir, *args).returncode == 0
+    assert generate(genserve, server, npy, *args).returncode == 0
     assert sorted(p.name for p in out_dir.iterdir()) == ["000.png", "001.png", "002.png"]
     expected = np.load(npy)
     for i in range(3):
@@ -56,21 +49,21 @@ def test_generate_to_a_folder_writes_one_png_per_image_with_the_served_pixels(se
             np.testing.assert_array_equal(np.asarray(png), expected[i])
 
 
-def test_generate_with_an_unknown_model_prints_not_found_and_fails(server, tmp_path: Path):
-    result = generate(server, tmp_path / "x.png", "--model", "no-such-model")
+def test_generate_with_an_unknown_model_prints_not_found_and_fails(genserve, server, tmp_path: Path):
+    result = generate(genserve, server, tmp_path / "x.png", "--model", "no-such-model")
     assert result.returncode == 1
     assert result.stderr.startswith("NOT_FOUND: ")
     assert "ddpm-tiny" in result.stderr
     assert not (tmp_path / "x.png").exists()
 
 
-def test_generate_with_an_invalid_request_prints_invalid_argument_and_fails(server, tmp_path: Path):
-    result = generate(server, tmp_path / "x.npy", "--model", "dcgan-tiny", "-n", "0")
+def test_generate_with_an_invalid_request_prints_invalid_argument_and_fails(genserve, server, tmp_path: Path):
+    result = generate(genserve, server, tmp_path / "x.npy", "--model", "dcgan-tiny", "-n", "0")
     assert result.returncode == 1
     assert result.stderr.startswith("INVALID_ARGUMENT: num_images must be in [1, 256]")
 
 
-def test_models_without_a_server_prints_unavailable_and_fails():
+def test_models_without_a_server_prints_unavailable_and_fails(genserve):
     result = genserve("models", "--server", "127.0.0.1:1", "--timeout", "5")
     assert result.returncode == 1
     assert result.stderr.startswith("UNAVAILABLE: ")

@@ -2,30 +2,33 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from genserve import manifest as mf
 
-GENSERVE = str(Path(sys.executable).with_name("genserve"))
 
+@pytest.fixture(scope="session")
+def run(genserve):
+    """``run(*args)``: the command must succeed; its stderr tail explains why it did not."""
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([GENSERVE, *args], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    def succeed(*args: str) -> subprocess.CompletedProcess:
+        proc = genserve(*args)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    return succeed
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
+def trained(run, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pipeline")
     run("train", "dcgan", "--steps", "2", "--out", str(root / "checkpoints" / "dcgan-mnist"))
     return root
 
 
-def test_train_writes_a_resumable_checkpoint_with_its_config(trained):
+def test_train_writes_a_resumable_checkpoint_with_its_config(run, trained):
     ck = trained / "checkpoints" / "dcgan-mnist"
     meta = json.loads((ck / "config.json").read_text())
     assert meta["family"] == "dcgan_generator" and meta["step"] == 2
@@ -35,7 +38,7 @@ def test_train_writes_a_resumable_checkpoint_with_its_config(trained):
     assert "resumed" in resumed.stderr and json.loads((ck / "config.json").read_text())["step"] == 3
 
 
-def test_export_then_eval_records_metrics_in_the_manifest(trained):
+def test_export_then_eval_records_metrics_in_the_manifest(run, trained):
     models = trained / "models"
     run("export", "dcgan", "--checkpoints", str(trained / "checkpoints"), "--models", str(models))
     folder = models / "dcgan-mnist"
@@ -50,7 +53,7 @@ def test_export_then_eval_records_metrics_in_the_manifest(trained):
     assert (trained / "grid.png").is_file()
 
 
-def test_eval_of_an_unknown_model_fails_with_the_reason(trained):
-    proc = subprocess.run([GENSERVE, "eval", "no-such-model", "--models", str(trained)], capture_output=True, text=True)
+def test_eval_of_an_unknown_model_fails_with_the_reason(genserve, trained):
+    proc = genserve("eval", "no-such-model", "--models", str(trained))
     assert proc.returncode != 0
     assert "manifest.json not found" in proc.stderr
