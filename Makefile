@@ -10,6 +10,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 50051
 HOST ?= 0.0.0.0
 BACKEND ?= onnxruntime
+METRICS_PORT ?= 9090
 
 .PHONY: serve test install lint protos clean-venv
 
@@ -23,7 +24,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 serve: $(STAMP)
-	$(BIN)/genserve serve --host $(HOST) --port $(PORT) --backend $(BACKEND)
+	$(BIN)/genserve serve --host $(HOST) --port $(PORT) --backend $(BACKEND) --metrics-port $(METRICS_PORT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -112,17 +112,30 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     # Serving needs no torch (unless --backend torch, which imports it when the models load).
+    from genserve.serving.config import ConfigError, load_config
     from genserve.serving.engines import Backend
-    from genserve.serving.server import ServerConfig, StartupError, run
+    from genserve.serving.server import StartupError, run
 
     logging.getLogger("grpc").setLevel(logging.INFO)  # its DEBUG lines (one per call) drown ours under -v
-    config = ServerConfig(
-        models_dir=args.models,
-        host=args.host,
-        port=args.port,
-        backend=Backend(args.backend),
-        grace_period=args.grace_period,
-    )
+    overrides = {
+        "models_dir": args.models,
+        "host": args.host,
+        "port": args.port,
+        "backend": Backend(args.backend) if args.backend else None,
+        "grace_period": args.grace_period,
+        "metrics_port": args.metrics_port,
+    }
+    model_overrides = {
+        "max_batch_size": args.max_batch_size,
+        "max_queue_delay_ms": args.max_queue_delay_ms,
+        "max_queue_size": args.max_queue_size,
+        "instances": args.instances,
+    }
+    try:
+        config = load_config(args.config, overrides, model_overrides, default_models_dir=DEFAULT_MODELS)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
     try:
         run(config)
     except StartupError as exc:
@@ -190,6 +203,39 @@ def write_images(batch: np.ndarray, out: Path) -> Path:
     return out
 
 
+def _bench_load(args: argparse.Namespace) -> int:
+    from genserve.loadgen import LoadSpec, plot_report, run_load
+
+    try:
+        spec = LoadSpec(
+            args.server,
+            args.model,
+            concurrency=args.concurrency,
+            rate=args.rate,
+            duration=args.duration,
+            num_images=args.num_images,
+            steps=args.steps,
+            timeout_ms=args.timeout_ms,
+            priority=args.priority,
+            warmup=args.warmup,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        report = run_load(spec, progress=True)
+    except ConnectionError as exc:
+        log.error("%s", exc)
+        return 1
+    print(report.summary())
+    if args.json:
+        print(f"wrote {report.write_json(args.json)}")
+    if args.plot:
+        print(f"wrote {plot_report(report, args.plot)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genserve", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -229,15 +275,20 @@ def build_parser() -> argparse.ArgumentParser:
     from genserve.serving.engines import Backend
 
     p = sub.add_parser("serve", help="serve the model folders over gRPC until SIGTERM/SIGINT")
-    p.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
-    p.add_argument("--port", type=int, default=50051, help="port to bind; 0 = any free port (default 50051)")
-    p.add_argument("--models", type=Path, default=DEFAULT_MODELS, help=f"model repository (default {DEFAULT_MODELS})")
-    p.add_argument(
-        "--backend", choices=[b.value for b in Backend], default=Backend.ONNXRUNTIME.value, help="engine backend"
+    p.add_argument("--config", type=Path, help="server config file (TOML; see serving/config.py and the README)")
+    p.add_argument("--host", help="address to bind (default 0.0.0.0)")
+    p.add_argument("--port", type=int, help="port to bind; 0 = any free port (default 50051)")
+    p.add_argument("--models", type=Path, help=f"model repository (default {DEFAULT_MODELS})")
+    p.add_argument("--backend", choices=[b.value for b in Backend], help="engine backend (default onnxruntime)")
+    p.add_argument("--grace-period", type=float, help="seconds queued and running calls get at shutdown (default 10)")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics at :PORT/metrics (default off)")
+    batching = p.add_argument_group("batching and queueing (every model; overrides the config file)")
+    batching.add_argument("--max-batch-size", type=int, help="images per engine call (default: the engine's limit)")
+    batching.add_argument("--max-queue-delay-ms", type=float, help="longest wait for a fuller batch (default 0)")
+    batching.add_argument(
+        "--max-queue-size", type=int, help="requests waiting per model before rejecting (default 256)"
     )
-    p.add_argument(
-        "--grace-period", type=float, default=10.0, help="seconds calls in flight get at shutdown (default 10)"
-    )
+    batching.add_argument("--instances", type=int, help="engine instances per model, run concurrently (default 1)")
     p.set_defaults(func=_serve)
 
     def client_parser(name: str, help: str) -> argparse.ArgumentParser:
@@ -264,6 +315,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, required=True, help="X.png: one grid image; X.npy: uint8 array; else a folder of PNGs"
     )
     p.set_defaults(func=_generate)
+
+    bench = sub.add_parser("bench", help="benchmarks against a running server")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    p = bench_sub.add_parser(
+        "load",
+        help="drive a server with closed-loop or open-loop (Poisson) load; report throughput and latency",
+        description="Closed loop (--concurrency N): N workers, each sending its next request when the last "
+        "is answered. Open loop (--rate R): Poisson arrivals at R requests/s, however many are outstanding. "
+        "Requests sent during --warmup are not counted; those in flight at the end are awaited and counted.",
+    )
+    p.add_argument(
+        "--server", default=DEFAULT_SERVER, metavar="HOST:PORT", help=f"the server (default {DEFAULT_SERVER})"
+    )
+    p.add_argument("--model", required=True, metavar="NAME", help="a name from `genserve models`")
+    load = p.add_mutually_exclusive_group(required=True)
+    load.add_argument("--concurrency", type=int, metavar="N", help="closed loop: requests outstanding at all times")
+    load.add_argument("--rate", type=float, metavar="R", help="open loop: mean arrivals per second (Poisson)")
+    p.add_argument(
+        "--duration", type=float, required=True, metavar="S", help="seconds of measured load, after the warmup"
+    )
+    p.add_argument("-n", "--num-images", type=int, default=1, metavar="K", help="images per request (default 1)")
+    p.add_argument("--steps", type=int, metavar="K", help="diffusion steps (default: the model's)")
+    p.add_argument("--timeout-ms", type=float, metavar="T", help="server-side deadline of each request (default none)")
+    p.add_argument(
+        "--priority", type=int, default=0, metavar="P", help="queue priority level, 1 = first (default 0: the model's)"
+    )
+    p.add_argument("--warmup", type=float, default=1.0, metavar="S", help="seconds of uncounted load first (default 1)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the open-loop arrival times (default 0)")
+    p.add_argument(
+        "--json", type=Path, metavar="OUT.json", help="write the report (statistics and per-second timeline) as JSON"
+    )
+    p.add_argument(
+        "--plot", type=Path, metavar="OUT.png", help="write a PNG of latency by send time and per-second throughput"
+    )
+    p.set_defaults(func=_bench_load)
     return parser
 
 

@@ -65,9 +65,16 @@ class GenserveClient:
         steps: int | None = None,
         sampler: Sampler | str | None = None,
         eta: float | None = None,
+        priority: int = 0,
+        timeout_ms: int | None = None,
     ) -> np.ndarray:
-        """Generate ``num_images`` images: uint8 (N, H, W, C), decoded from the raw tensors."""
-        response = self._generate(model, num_images, seed, steps, sampler, eta, convert.ImageEncoding.RAW)
+        """Generate ``num_images`` images: uint8 (N, H, W, C), decoded from the raw tensors.
+
+        ``priority``: queue level, 1 first (0 = the model's default); ``timeout_ms``: the server
+        gives up on the request (DEADLINE_EXCEEDED) this long after its arrival."""
+        response = self._generate(
+            model, num_images, seed, steps, sampler, eta, convert.ImageEncoding.RAW, priority, timeout_ms
+        )
         return convert.images_from_response(response)
 
     def generate_png(
@@ -78,9 +85,13 @@ class GenserveClient:
         steps: int | None = None,
         sampler: Sampler | str | None = None,
         eta: float | None = None,
+        priority: int = 0,
+        timeout_ms: int | None = None,
     ) -> list[bytes]:
         """Like ``generate``, but the images come back as PNG files (bytes), one per image."""
-        response = self._generate(model, num_images, seed, steps, sampler, eta, convert.ImageEncoding.PNG)
+        response = self._generate(
+            model, num_images, seed, steps, sampler, eta, convert.ImageEncoding.PNG, priority, timeout_ms
+        )
         return convert.pngs_from_response(response)
 
     def _generate(
@@ -92,6 +103,8 @@ class GenserveClient:
         sampler: Sampler | str | None,
         eta: float | None,
         encoding: convert.ImageEncoding,
+        priority: int = 0,
+        timeout_ms: int | None = None,
     ):
         request = GenerateRequest(
             model=model,
@@ -100,6 +113,8 @@ class GenserveClient:
             steps=steps,
             sampler=Sampler(sampler) if isinstance(sampler, str) else sampler,
             eta=eta,
+            priority=priority,
+            timeout=None if timeout_ms is None else timeout_ms / 1000.0,
         )
         return self._stub.Generate(convert.generate_request_to_proto(request, encoding), timeout=self.timeout)
 

@@ -94,7 +94,11 @@ def generate_request_from_proto(msg: pb.GenerateRequest) -> tuple[GenerateReques
         steps=msg.steps if msg.HasField("steps") else None,
         sampler=_enum_from_pb(_SAMPLER_FROM_PB, msg.sampler, "sampler", pb.Sampler),
         eta=float(msg.eta) if msg.HasField("eta") else None,
+        priority=msg.priority,
+        timeout=msg.timeout_ms / 1000.0 if msg.HasField("timeout_ms") else None,
     )
+    if request.timeout == 0:
+        raise InvalidArgument("timeout_ms must be > 0 when set (unset it for no timeout)")
     encoding = _enum_from_pb(_ENCODING_FROM_PB, msg.encoding, "encoding", pb.ImageEncoding)
     return request, encoding
 
@@ -108,9 +112,12 @@ def generate_request_to_proto(
         seed=request.seed,
         sampler=pb.SAMPLER_UNSPECIFIED if request.sampler is None else _SAMPLER[request.sampler],
         encoding=_ENCODING[encoding],
+        priority=request.priority,
     )
     if request.steps is not None:
         msg.steps = request.steps
+    if request.timeout is not None:
+        msg.timeout_ms = max(1, round(request.timeout * 1000))
     if request.eta is not None:
         msg.eta = request.eta
     return msg

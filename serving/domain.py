@@ -22,6 +22,8 @@ class GenerateRequest:
     eta: float | None = None  # DDIM only; None = 0.0
     variance: VarianceType = VarianceType.FIXED_SMALL  # DDPM only
     clip_denoised: bool = True  # clip x̂₀ to [-1, 1] as Ho et al.'s code does; False = Algorithm 2 verbatim
+    priority: int = 0  # queue priority level, 1 = first; 0 = the model's default
+    timeout: float | None = None  # seconds from arrival; the request fails DEADLINE_EXCEEDED after it
 
 
 @dataclass(frozen=True)

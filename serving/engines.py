@@ -79,9 +79,10 @@ class TorchEngine:
         return {self.signature.output_names[0]: out.numpy()}
 
 
-def create_engine(folder: Path, manifest: Manifest, backend: Backend) -> Engine:
+def create_engine(folder: Path, manifest: Manifest, backend: Backend, intra_op_threads: int = 0) -> Engine:
+    """One engine for a model folder; ``intra_op_threads`` (ONNX Runtime only) 0 = one per core."""
     if backend is Backend.ONNXRUNTIME:
-        return OnnxRuntimeEngine(folder / ONNX_FILE, manifest.signature, manifest.max_batch_size)
+        return OnnxRuntimeEngine(folder / ONNX_FILE, manifest.signature, manifest.max_batch_size, intra_op_threads)
     if backend is Backend.TORCH:
         weights = folder / WEIGHTS_DIR
         if not (weights / "config.json").is_file():

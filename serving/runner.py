@@ -8,7 +8,9 @@ so an image never depends on how a request is split into engine batches.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import numpy as np
 
 from genserve import images, noise, schedule
 from genserve.manifest import Manifest, discover
+from genserve.serving.config import ModelSettings
 from genserve.serving.domain import GenerateRequest
 from genserve.serving.engines import Backend, Engine, create_engine
 from genserve.serving.errors import Cancelled, InvalidArgument
@@ -36,10 +39,26 @@ class DiffusionPlan:
 
 
 class ModelRunner:
-    def __init__(self, folder: Path, backend: Backend = Backend.ONNXRUNTIME, engine: Engine | None = None):
+    """A model folder with ``instances`` engines that may run concurrently (separate sessions)."""
+
+    def __init__(
+        self,
+        folder: Path,
+        backend: Backend = Backend.ONNXRUNTIME,
+        engine: Engine | None = None,
+        instances: int = 1,
+        intra_op_threads: int = 0,
+    ):
         self.folder = folder
         self.manifest = Manifest.load(folder)
-        self.engine = engine or create_engine(folder, self.manifest, backend)
+        if engine is not None:
+            self.engines = [engine]
+        else:
+            self.engines = [
+                create_engine(folder, self.manifest, backend, intra_op_threads=intra_op_threads)
+                for _ in range(instances)
+            ]
+        self.engine = self.engines[0]
         if self.manifest.diffusion is not None:
             self.diffusion = self.manifest.diffusion.gaussian_diffusion()
 
@@ -82,30 +101,50 @@ class ModelRunner:
         )
         return DiffusionPlan(sampler, ts, coefs.astype(np.float32))
 
-    def generate(self, request: GenerateRequest, cancelled: threading.Event | None = None) -> np.ndarray:
+    def generate(
+        self, request: GenerateRequest, cancelled: threading.Event | None = None, instance: int = 0
+    ) -> np.ndarray:
         """Run a request to completion: uint8 images (N, H, W, C).
 
         Once ``cancelled`` is set, raise Cancelled before the next engine call (engine calls cannot
         be interrupted, but a cancelled request need not hold its model for the remaining steps)."""
-        return images.to_uint8(self.generate_float(request, cancelled))
+        return images.to_uint8(self.generate_float(request, cancelled, instance))
 
-    def generate_float(self, request: GenerateRequest, cancelled: threading.Event | None = None) -> np.ndarray:
+    def generate_float(
+        self, request: GenerateRequest, cancelled: threading.Event | None = None, instance: int = 0
+    ) -> np.ndarray:
         """The model's raw output in [-1, 1] (unclipped for diffusion), float32 (N, C, H, W)."""
         plan = self.validate(request)
+        engine = self.engines[instance]
         out = []
-        for start in range(0, request.num_images, self.engine.max_batch_size):
+        for start in range(0, request.num_images, engine.max_batch_size):
             _stop_if(cancelled)
-            index = np.arange(start, min(start + self.engine.max_batch_size, request.num_images))
+            index = np.arange(start, min(start + engine.max_batch_size, request.num_images))
             seeds = np.full(len(index), request.seed, dtype=np.int64)
-            out.append(self._diffuse(seeds, index, plan, cancelled) if plan is not None else self._sample(seeds, index))
+            if plan is None:
+                out.append(self._sample(engine, seeds, index))
+            else:
+                out.append(self._diffuse(engine, seeds, index, plan, cancelled))
         return np.concatenate(out)
 
-    def _sample(self, seeds: np.ndarray, index: np.ndarray) -> np.ndarray:
+    def sample_images(self, seeds: np.ndarray, index: np.ndarray, instance: int = 0) -> np.ndarray:
+        """One engine batch of a one-pass sampler: image ``index[i]`` of seed ``seeds[i]``, uint8 (B, H, W, C).
+
+        The batcher mixes images of several requests in one call; each image depends only on its
+        own (seed, index), so the mix never shows in the results."""
+        return images.to_uint8(self._sample(self.engines[instance], seeds, index))
+
+    def _sample(self, engine: Engine, seeds: np.ndarray, index: np.ndarray) -> np.ndarray:
         z = noise.gaussian(seeds, index, np.full(len(index), noise.INITIAL_STEP), (self.manifest.latent_dim,))
-        return next(iter(self.engine.run({"z": z}).values()))
+        return next(iter(engine.run({"z": z}).values()))
 
     def _diffuse(
-        self, seeds: np.ndarray, index: np.ndarray, plan: DiffusionPlan, cancelled: threading.Event | None = None
+        self,
+        engine: Engine,
+        seeds: np.ndarray,
+        index: np.ndarray,
+        plan: DiffusionPlan,
+        cancelled: threading.Event | None = None,
     ) -> np.ndarray:
         shape = self.manifest.image_shape
         n = len(index)
@@ -116,7 +155,7 @@ class ModelRunner:
             t.fill(timestep)
             z = noise.gaussian(seeds, index, np.full(n, k + 1), shape)
             feeds = {"x": x, "t": t, "coef": np.broadcast_to(coef, (n, len(coef))).copy(), "noise": z}
-            x = self.engine.run(feeds)["x_prev"]
+            x = engine.run(feeds)["x_prev"]
         return x
 
 
@@ -125,13 +164,28 @@ def _stop_if(cancelled: threading.Event | None) -> None:
         raise Cancelled("the request was cancelled")
 
 
-def load_repository(models_dir: Path, backend: Backend = Backend.ONNXRUNTIME) -> dict[str, ModelRunner]:
-    """Every model folder under ``models_dir``, loaded; fails on the first broken folder."""
+def load_repository(
+    models_dir: Path,
+    backend: Backend = Backend.ONNXRUNTIME,
+    settings: Callable[[str], ModelSettings] | None = None,
+) -> dict[str, ModelRunner]:
+    """Every model folder under ``models_dir``, loaded with its settings (engine instances and
+    threads); fails on the first broken folder."""
     runners = {}
     for folder in discover(models_dir):
-        runner = ModelRunner(folder, backend)
+        name = Manifest.load(folder).name
+        s = settings(name) if settings else ModelSettings()
+        threads = s.intra_op_threads or max(1, (os.cpu_count() or 1) // s.instances)
+        runner = ModelRunner(folder, backend, instances=s.instances, intra_op_threads=threads)
         if runner.name in runners:
             raise ValueError(f"two model folders declare the name {runner.name!r}")
         runners[runner.name] = runner
-        log.info("loaded %s (%s) from %s", runner.name, runner.manifest.kind.value, folder)
+        log.info(
+            "loaded %s (%s) from %s: %d engine instance(s), %d thread(s) each",
+            runner.name,
+            runner.manifest.kind.value,
+            folder,
+            s.instances,
+            threads,
+        )
     return runners

@@ -1,80 +1,100 @@
 """Per-model schedulers: the piece between the gRPC layer and a model's runner.
 
-The gRPC layer sees one interface, ``ModelScheduler.submit(request) -> images``. For now every
-model has a ``SerialScheduler`` (one request at a time, run in a worker thread so the event loop
-stays free for other models, health checks and new calls); a dynamic batcher or an
-iteration-level diffusion scheduler will implement the same interface.
+The gRPC layer sees one interface, ``ModelScheduler.submit(request, deadline) -> images``. Both
+kinds below queue through a ``DynamicBatcher`` (bounded queue, priorities, deadlines,
+cancellation, metrics) and differ in what one queued *unit* is:
 
-A cancelled call (client gone, deadline passed, end of the shutdown grace period) stops its
-request at the runner's next engine call, so it neither holds the model for its remaining steps
-nor keeps a stopping process alive for long.
+- ``ImageBatchScheduler`` (one-pass samplers): a unit is one image. Images of several requests
+  share engine calls, and a request for many images may span several calls.
+- ``RequestScheduler`` (diffusion, until the step-level scheduler): a unit is a whole request,
+  run to completion on one engine instance; a cancelled request stops at its next engine call.
+
+A request is validated before it queues, so a bad one is rejected at once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
-import logging
+import functools
 import threading
-import time
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
+from genserve.serving.batcher import DynamicBatcher, Slice
+from genserve.serving.batching import BatchPolicy
+from genserve.serving.config import ModelSettings
 from genserve.serving.domain import GenerateRequest
-
-log = logging.getLogger(__name__)
+from genserve.serving.engines import Engine
+from genserve.serving.metrics import ModelMetrics
 
 
 class Runner(Protocol):
     """What a scheduler needs of a model (``ModelRunner`` is one)."""
 
     name: str
+    engines: Sequence[Engine]
 
-    def validate(self, request: GenerateRequest) -> Any: ...
+    def validate(self, request: GenerateRequest) -> object: ...
 
-    def generate(self, request: GenerateRequest, cancelled: threading.Event | None = None) -> np.ndarray: ...
+    def generate(
+        self, request: GenerateRequest, cancelled: threading.Event | None = None, instance: int = 0
+    ) -> np.ndarray: ...
+
+    def sample_images(self, seeds: np.ndarray, index: np.ndarray, instance: int = 0) -> np.ndarray: ...
 
 
 class ModelScheduler(Protocol):
-    async def submit(self, request: GenerateRequest) -> np.ndarray:
-        """Run ``request`` to completion: uint8 images (N, H, W, C). Raises domain errors."""
+    batcher: DynamicBatcher
+
+    async def submit(self, request: GenerateRequest, deadline: float | None = None) -> np.ndarray:
+        """Run ``request`` to completion: uint8 images (N, H, W, C). ``deadline`` is a
+        ``time.monotonic()`` time (the call's). Raises domain errors."""
         ...
 
 
-class SerialScheduler:
-    """One request at a time for one model; requests wait their turn in arrival order.
-
-    A request is validated before it waits, so a bad one is rejected at once rather than after
-    the request ahead of it.
-    """
-
-    def __init__(self, runner: Runner, executor: concurrent.futures.Executor):
+class ImageBatchScheduler:
+    def __init__(
+        self,
+        runner: Runner,
+        settings: ModelSettings,
+        executor: concurrent.futures.Executor,
+        metrics: ModelMetrics | None = None,
+    ):
         self.runner = runner
-        self._executor = executor
-        self._lock = asyncio.Lock()
-        self.pending = 0  # requests submitted and not finished (waiting or running)
+        computes = [functools.partial(self._compute, i) for i in range(len(runner.engines))]
+        policy = settings.batch_policy(runner.engines[0].max_batch_size)
+        self.batcher = DynamicBatcher(runner.name, computes, policy, settings.queue_policy(), executor, metrics)
 
-    async def submit(self, request: GenerateRequest) -> np.ndarray:
+    def _compute(self, instance: int, slices: Sequence[Slice]) -> np.ndarray:
+        seeds = np.concatenate([np.full(s.units, s.payload.seed, dtype=np.int64) for s in slices])
+        index = np.concatenate([np.arange(s.start, s.stop) for s in slices])
+        return self.runner.sample_images(seeds, index, instance)
+
+    async def submit(self, request: GenerateRequest, deadline: float | None = None) -> np.ndarray:
         self.runner.validate(request)
-        self.pending += 1
-        try:
-            async with self._lock:
-                loop = asyncio.get_running_loop()
-                started = time.perf_counter()
-                log.debug("model=%s running request n=%d seed=%d", self.runner.name, request.num_images, request.seed)
-                cancelled = threading.Event()
-                work = loop.run_in_executor(self._executor, self.runner.generate, request, cancelled)
-                try:
-                    result = await asyncio.shield(work)
-                except asyncio.CancelledError:
-                    # The runner stops before its next engine call; the model stays ours until then,
-                    # so the next request never runs beside an abandoned one.
-                    cancelled.set()
-                    await asyncio.wait([work])
-                    log.info("model=%s cancelled request stopped", self.runner.name)
-                    raise
-                log.debug("model=%s ran request in %.3f s", self.runner.name, time.perf_counter() - started)
-                return result
-        finally:
-            self.pending -= 1
+        return await self.batcher.submit(request, request.num_images, request.priority, deadline, request.timeout)
+
+
+class RequestScheduler:
+    def __init__(
+        self,
+        runner: Runner,
+        settings: ModelSettings,
+        executor: concurrent.futures.Executor,
+        metrics: ModelMetrics | None = None,
+    ):
+        self.runner = runner
+        computes = [functools.partial(self._compute, i) for i in range(len(runner.engines))]
+        policy = BatchPolicy(max_batch_size=1)  # one request per engine instance at a time
+        self.batcher = DynamicBatcher(runner.name, computes, policy, settings.queue_policy(), executor, metrics)
+
+    def _compute(self, instance: int, slices: Sequence[Slice]) -> np.ndarray:
+        (only,) = slices
+        return self.runner.generate(only.payload, only.cancelled, instance)[None]  # (1, N, H, W, C)
+
+    async def submit(self, request: GenerateRequest, deadline: float | None = None) -> np.ndarray:
+        self.runner.validate(request)
+        result = await self.batcher.submit(request, 1, request.priority, deadline, request.timeout)
+        return result[0]

@@ -12,25 +12,24 @@ import asyncio
 import concurrent.futures
 import logging
 import signal
-from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from genserve.serving import convert
-from genserve.serving.engines import Backend
+from genserve.serving.config import ConfigError, ServerConfig
 from genserve.serving.interceptors import ErrorInterceptor
+from genserve.serving.metrics import Metrics
 from genserve.serving.pb import genserve_pb2_grpc
-from genserve.serving.runner import load_repository
+from genserve.serving.runner import ModelRunner, load_repository
 from genserve.serving.servicer import GenerationServicer, ModelRegistry
+from genserve.signature import ModelKind
+
+__all__ = ["GenserveServer", "ServerConfig", "StartupError", "run", "serve"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "0.0.0.0"
-DEFAULT_PORT = 50051
-DEFAULT_GRACE_PERIOD = 10.0
 # Services whose health follows the model repository: "" is the server as a whole.
 HEALTH_SERVICES = ("", convert.SERVICE_NAME)
 
@@ -39,20 +38,12 @@ class StartupError(Exception):
     """The server could not bind its port or load its models; the message says which and why."""
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    models_dir: Path
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT  # 0 = an ephemeral port, see GenserveServer.port
-    backend: Backend = Backend.ONNXRUNTIME
-    grace_period: float = DEFAULT_GRACE_PERIOD  # seconds calls in flight get to finish at shutdown
-    max_message_bytes: int = convert.MAX_MESSAGE_BYTES
-
-
 class GenserveServer:
     def __init__(self, config: ServerConfig):
         self.config = config
         self.port: int | None = None  # the bound port, once started
+        self.metrics_port: int | None = None  # the bound Prometheus port, if any
+        self.metrics = Metrics()
         self.registry = ModelRegistry()
         self.health = health.aio.HealthServicer()
         # Engine calls, model loading and PNG encoding; concurrency is bounded by the per-model schedulers.
@@ -71,7 +62,7 @@ class GenserveServer:
             ],
         )
         genserve_pb2_grpc.add_GenerationServiceServicer_to_server(
-            GenerationServicer(self.registry, self._executor), server
+            GenerationServicer(self.registry, self._executor, self.metrics), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -87,6 +78,12 @@ class GenserveServer:
         await server.start()
         self._server, self.port = server, port
         log.info("listening on %s:%d", self.config.host, port)
+        if self.config.metrics_port is not None:
+            host = self.config.metrics_host or self.config.host
+            try:
+                self.metrics_port = self.metrics.serve_http(host, self.config.metrics_port)
+            except OSError as exc:
+                raise StartupError(f"cannot serve metrics on {host}:{self.config.metrics_port}: {exc}") from exc
         return port
 
     async def load_models(self) -> None:
@@ -95,12 +92,18 @@ class GenserveServer:
         log.info("loading models from %s with %s", models_dir, backend.value)
         loop = asyncio.get_running_loop()
         try:
-            runners = await loop.run_in_executor(self._executor, load_repository, models_dir, backend)
+            runners = await loop.run_in_executor(
+                self._executor, load_repository, models_dir, backend, self.config.settings_for
+            )
         except Exception as exc:
             raise StartupError(f"failed to load the models in {models_dir}: {exc}") from exc
         if not runners:
             raise StartupError(f"no model folders (subfolders with a manifest.json) in {models_dir}")
-        self.registry.add_runners(runners, self._executor)
+        try:
+            check_settings(self.config, runners)
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from exc
+        self.registry.add_runners(runners, self.config, self._executor, self.metrics)
         for service in HEALTH_SERVICES:
             await self.health.set(service, convert.health_status(serving=True))
         log.info("serving %d models: %s", len(runners), ", ".join(sorted(runners)))
@@ -113,9 +116,27 @@ class GenserveServer:
             log.info("draining: calls in flight have %.1f s to finish", grace)
             await self._server.stop(grace)
             log.info("stopped")
+        for scheduler in self.registry.schedulers().values():
+            await scheduler.batcher.close()
+        self.metrics.close()
         # Calls cut at the end of the grace period stop at their next engine call; the interpreter
         # joins these threads at exit.
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def check_settings(config: ServerConfig, runners: dict[str, ModelRunner]) -> None:
+    """The settings checks that need the loaded models: sections naming no served model, batch
+    sizes beyond an engine's limit. Raises ConfigError listing every problem."""
+    problems = [
+        f"models.{name}: no such model in {config.models_dir}; served models: {', '.join(sorted(runners))}"
+        for name in sorted(set(config.models) - set(runners))
+    ]
+    for name, runner in sorted(runners.items()):
+        if runner.manifest.kind is not ModelKind.DIFFUSION:  # diffusion runs request by request
+            settings, key = config.settings_for(name), config.key_of(name, "max_batch_size")
+            problems += settings.check_engine_limit(runner.engines[0].max_batch_size, name, key)
+    if problems:
+        raise ConfigError(problems, "model settings")
 
 
 async def serve(config: ServerConfig) -> None:

@@ -1,7 +1,7 @@
 """The GenerationService servicer: proto -> domain, call the model's scheduler, domain -> proto.
 
 It holds no status codes (``interceptors.ErrorInterceptor`` maps the domain errors it raises) and
-no tensor math (``convert`` and the runners).
+no tensor math (``convert`` and the runners). It counts each call's outcome for the metrics.
 """
 
 from __future__ import annotations
@@ -14,11 +14,14 @@ import time
 import grpc
 
 from genserve.serving import convert
+from genserve.serving.config import ServerConfig
 from genserve.serving.domain import ModelInfo
-from genserve.serving.errors import NotFound, Unavailable
+from genserve.serving.errors import NotFound, Unavailable, status_name
+from genserve.serving.metrics import UNKNOWN_MODEL, Metrics
 from genserve.serving.pb import genserve_pb2_grpc
 from genserve.serving.runner import ModelRunner
-from genserve.serving.scheduler import ModelScheduler, SerialScheduler
+from genserve.serving.scheduler import ImageBatchScheduler, ModelScheduler, RequestScheduler
+from genserve.signature import ModelKind
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +34,24 @@ class ModelRegistry:
         self._infos: dict[str, ModelInfo] = {}
         self._schedulers: dict[str, ModelScheduler] = {}
 
-    def add_runners(self, runners: dict[str, ModelRunner], executor: concurrent.futures.Executor) -> None:
+    def add_runners(
+        self,
+        runners: dict[str, ModelRunner],
+        config: ServerConfig,
+        executor: concurrent.futures.Executor,
+        metrics: Metrics,
+    ) -> None:
         for name, runner in runners.items():
             self._infos[name] = ModelInfo.from_manifest(runner.manifest, runner.max_images)
-            self._schedulers[name] = SerialScheduler(runner, executor)
+            kind = RequestScheduler if runner.manifest.kind is ModelKind.DIFFUSION else ImageBatchScheduler
+            self._schedulers[name] = kind(runner, config.settings_for(name), executor, metrics.for_model(name))
         self.loaded = True
 
     def infos(self) -> list[ModelInfo]:
         return list(self._infos.values())
+
+    def schedulers(self) -> dict[str, ModelScheduler]:
+        return dict(self._schedulers)
 
     def scheduler(self, model: str) -> ModelScheduler:
         try:
@@ -51,30 +64,37 @@ class ModelRegistry:
 
 
 class GenerationServicer(genserve_pb2_grpc.GenerationServiceServicer):
-    def __init__(self, registry: ModelRegistry, executor: concurrent.futures.Executor):
+    def __init__(self, registry: ModelRegistry, executor: concurrent.futures.Executor, metrics: Metrics):
         self._registry = registry
         self._executor = executor  # for response encoding (PNG), which is CPU work too
+        self._metrics = metrics
 
     async def ListModels(self, request, context: grpc.aio.ServicerContext):
         return convert.list_models_response(self._registry.infos())
 
     async def Generate(self, request, context: grpc.aio.ServicerContext):
         started = time.perf_counter()
-        req, encoding = convert.generate_request_from_proto(request)
-        images = await self._registry.scheduler(req.model).submit(req)
-        loop = asyncio.get_running_loop()
-        response = await loop.run_in_executor(
-            self._executor, convert.generate_response_to_proto, req.model, images, encoding
-        )
-        log.info(
-            "Generate model=%s n=%d seed=%d steps=%s sampler=%s eta=%s encoding=%s seconds=%.3f",
-            req.model,
-            req.num_images,
-            req.seed,
-            req.steps,
-            req.sampler.value if req.sampler else None,
-            req.eta,
-            encoding.value,
-            time.perf_counter() - started,
-        )
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        model, code = UNKNOWN_MODEL, "OK"
+        try:
+            req, encoding = convert.generate_request_from_proto(request)
+            scheduler = self._registry.scheduler(req.model)
+            model = req.model
+            images = await scheduler.submit(req, deadline)
+            loop = asyncio.get_running_loop()
+            response = await loop.run_in_executor(
+                self._executor, convert.generate_response_to_proto, req.model, images, encoding
+            )
+        except asyncio.CancelledError:
+            code = "DEADLINE_EXCEEDED" if deadline is not None and time.monotonic() >= deadline else "CANCELLED"
+            raise
+        except Exception as exc:
+            code = status_name(exc)
+            raise
+        finally:
+            self._metrics.count_request(model, code)
+        seconds = time.perf_counter() - started
+        self._metrics.for_model(model).request_seconds.observe(seconds)
+        log.debug("Generate model=%s n=%d seed=%d seconds=%.4f", model, req.num_images, req.seed, seconds)
         return response

@@ -1,8 +1,22 @@
-"""DCGAN training (Radford et al. 2016): non-saturating GAN loss, Adam(2e-4, β1 = 0.5)."""
+"""DCGAN training (Radford et al. 2016): non-saturating GAN loss, Adam(2e-4, β1 = 0.5).
+
+Two additions that any GAN served in production gets:
+- an exponential moving average of the generator's weights (Yazıcı et al. 2019), whose
+  BatchNorm statistics are re-estimated from its own activations before it is saved
+  (averaged weights with the live generator's running statistics do not match);
+- checkpoint selection: every ``eval_every`` steps the EMA generator is scored by the
+  evaluation classifier on ``eval_samples`` images — fraction confidently classified, and
+  FID against *train-split* digits (the held-out split stays untouched for the final
+  report) — and the served checkpoint is the most confident one whose FID is within
+  ``fid_slack`` of the best FID seen. GAN quality oscillates during training; the last
+  step is rarely the best one.
+"""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -17,21 +31,30 @@ from genserve import images, noise
 from genserve.nets import save_checkpoint
 from genserve.nets.dcgan import DCGANConfig, Discriminator, Generator
 from genserve.training.data import batches, mnist_splits, to_model_range
-from genserve.training.loop import load_state, save_state, seed_everything
+from genserve.training.loop import EMA, load_state, save_state, seed_everything
 
 log = logging.getLogger(__name__)
+
+HISTORY_FILE = "selection.json"
+SNAPSHOTS = "snapshots"
 
 
 @dataclass
 class DCGANTrainConfig:
-    net: DCGANConfig = field(default_factory=DCGANConfig)
-    steps: int = 5000
+    # A generator twice as wide as the discriminator: at 64 features (0.76M parameters) its
+    # strokes stayed broken (65% of samples confidently classified after 4,000 steps).
+    net: DCGANConfig = field(default_factory=lambda: DCGANConfig(gen_features=128))
+    steps: int = 12000
     batch_size: int = 64
     lr: float = 2e-4
     beta1: float = 0.5
+    ema_decay: float = 0.999
     seed: int = 0
     checkpoint_every: int = 500
     sample_every: int = 1000
+    eval_every: int = 1000
+    eval_samples: int = 1000
+    fid_slack: float = 1.25
 
 
 def train_dcgan(out: Path, config: DCGANTrainConfig) -> Path:
@@ -39,10 +62,12 @@ def train_dcgan(out: Path, config: DCGANTrainConfig) -> Path:
     train, _ = mnist_splits()
     data = to_model_range(train.images)  # (N, 1, 28, 28)
     gen, disc = Generator(config.net), Discriminator(config.net)
+    ema = EMA(gen, config.ema_decay)
     opt_g = torch.optim.Adam(gen.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
     out.mkdir(parents=True, exist_ok=True)
-    start = load_state(out, generator_rng, gen=gen, disc=disc, opt_g=opt_g, opt_d=opt_d)
+    start = load_state(out, generator_rng, gen=gen, disc=disc, ema=ema.model, opt_g=opt_g, opt_d=opt_d)
+    judge = _Judge(train.images, config.eval_samples)
 
     t0 = time.time()
     bar = tqdm(total=config.steps, initial=start, desc="dcgan", unit="step", smoothing=0.05)
@@ -64,28 +89,97 @@ def train_dcgan(out: Path, config: DCGANTrainConfig) -> Path:
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
+        ema.update(gen, step)
 
         bar.update(1)
         bar.set_postfix(loss_d=f"{loss_d.item():.3f}", loss_g=f"{loss_g.item():.3f}")
         done = step + 1
+        if done % config.eval_every == 0 or done == config.steps:
+            served = recalibrated(ema.model, config.net.latent_dim)
+            score = judge.score(served)
+            _record(out, done, score, served, config)
+            bar.write(f"step {done}: confident {score['confident']:.3f}, FID vs train {score['fid_train']:.1f}")
+            if done % config.sample_every == 0 or done == config.steps:
+                _sample_grid(out, served, config.net.latent_dim, done)
         if done % config.checkpoint_every == 0 or done == config.steps:
-            extra = {
-                "train": dataclasses.asdict(config),
-                "step": done,
-                "train_seconds_this_run": round(time.time() - t0, 1),
-            }
-            save_checkpoint(out, "dcgan_generator", gen, config.net, extra)
-            save_state(out, done, generator_rng, gen=gen, disc=disc, opt_g=opt_g, opt_d=opt_d)
-        if done % config.sample_every == 0 or done == config.steps:
-            _sample_grid(out, gen, config.net.latent_dim, done)
+            save_state(out, done, generator_rng, gen=gen, disc=disc, ema=ema.model, opt_g=opt_g, opt_d=opt_d)
     bar.close()
+    _select(out, config, time.time() - t0)
     return out
 
 
 @torch.no_grad()
+def recalibrated(gen: Generator, latent_dim: int, batches_: int = 50, batch_size: int = 256) -> Generator:
+    """A copy of ``gen`` whose BatchNorm running statistics are the exact averages over
+    ``batches_`` batches of its own activations (momentum None = cumulative average)."""
+    model = copy.deepcopy(gen)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    rng = torch.Generator().manual_seed(1234)
+    for _ in range(batches_):
+        model(torch.randn(batch_size, latent_dim, generator=rng))
+    for bn in bns:
+        bn.momentum = 0.1
+    return model.eval()
+
+
+class _Judge:
+    """Scores a generator with the evaluation classifier (no held-out data involved)."""
+
+    def __init__(self, train_images: np.ndarray, n: int):
+        from genserve.training.evaluate import Evaluator, fid
+
+        self.evaluator, self.fid, self.n = Evaluator(), fid, n
+        rng = np.random.default_rng(0)
+        ref = train_images[rng.choice(len(train_images), n, replace=False)]
+        self.ref_feats, _ = self.evaluator.features_and_probs(ref)
+
+    @torch.no_grad()
+    def score(self, gen: Generator) -> dict:
+        z = noise.gaussian(np.full(self.n, 999), np.arange(self.n), np.zeros(self.n), (gen.config.latent_dim,))
+        x = images.to_uint8(gen(torch.from_numpy(z)).numpy())
+        feats, probs = self.evaluator.features_and_probs(x)
+        hist = np.bincount(probs.argmax(1), minlength=10)
+        return {
+            "confident": float((probs.max(1) >= 0.9).mean()),
+            "fid_train": self.fid(feats, self.ref_feats),
+            "classes": int((hist > 0).sum()),
+        }
+
+
+def _record(out: Path, step: int, score: dict, served: Generator, config: DCGANTrainConfig) -> None:
+    history_path = out / HISTORY_FILE
+    history = json.loads(history_path.read_text()) if history_path.exists() else []
+    history = [h for h in history if h["step"] != step] + [{"step": step, **score}]
+    save_checkpoint(out / SNAPSHOTS / f"step{step:06d}", "dcgan_generator", served, config.net, {"step": step})
+    history_path.write_text(json.dumps(history, indent=1) + "\n")
+
+
+def _select(out: Path, config: DCGANTrainConfig, seconds: float) -> None:
+    """Serve the most confident snapshot among those with all ten classes and an FID
+    within ``fid_slack`` of the best; write it as the folder's checkpoint."""
+    from genserve.nets import load_checkpoint
+
+    history = json.loads((out / HISTORY_FILE).read_text())
+    best_fid = min(h["fid_train"] for h in history)
+    eligible = [h for h in history if h["classes"] == 10 and h["fid_train"] <= config.fid_slack * best_fid]
+    chosen = max(eligible or history, key=lambda h: h["confident"])
+    model, _ = load_checkpoint(out / SNAPSHOTS / f"step{chosen['step']:06d}")
+    extra = {
+        "train": dataclasses.asdict(config),
+        "step": config.steps,
+        "selected": chosen,
+        "train_seconds_this_run": round(seconds, 1),
+    }
+    save_checkpoint(out, "dcgan_generator", model, config.net, extra)
+    log.info("selected step %d: %s", chosen["step"], chosen)
+
+
+@torch.no_grad()
 def _sample_grid(out: Path, gen: Generator, latent_dim: int, step: int) -> None:
-    gen.eval()
     z = noise.gaussian(np.zeros(64), np.arange(64), np.zeros(64), (latent_dim,))  # the server's latents for seed 0
     x = gen(torch.from_numpy(z)).numpy()
     images.save_grid(images.to_uint8(x), out / "samples" / f"step{step:06d}.png", nrow=8)
-    gen.train()

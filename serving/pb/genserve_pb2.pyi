@@ -109,7 +109,7 @@ class DiffusionInfo(_message.Message):
     def __init__(self, num_timesteps: _Optional[int] = ..., default_steps: _Optional[int] = ..., default_sampler: _Optional[_Union[Sampler, str]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "num_images", "seed", "steps", "sampler", "eta", "encoding")
+    __slots__ = ("model", "num_images", "seed", "steps", "sampler", "eta", "encoding", "timeout_ms", "priority")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NUM_IMAGES_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +117,8 @@ class GenerateRequest(_message.Message):
     SAMPLER_FIELD_NUMBER: _ClassVar[int]
     ETA_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     model: str
     num_images: int
     seed: int
@@ -124,7 +126,9 @@ class GenerateRequest(_message.Message):
     sampler: Sampler
     eta: float
     encoding: ImageEncoding
-    def __init__(self, model: _Optional[str] = ..., num_images: _Optional[int] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., eta: _Optional[float] = ..., encoding: _Optional[_Union[ImageEncoding, str]] = ...) -> None: ...
+    timeout_ms: int
+    priority: int
+    def __init__(self, model: _Optional[str] = ..., num_images: _Optional[int] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., eta: _Optional[float] = ..., encoding: _Optional[_Union[ImageEncoding, str]] = ..., timeout_ms: _Optional[int] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("model", "images")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,9 +22,11 @@ START_TIMEOUT = 60.0
 class ServerProcess:
     """``genserve serve --port 0`` in a subprocess; its log is collected line by line from stderr."""
 
-    def __init__(self, models: Path, *args: str, verbose: bool = False):
+    def __init__(self, models: Path, *args: str, verbose: bool = False, metrics: bool = False):
         cmd = [str(GENSERVE), *(["-v"] if verbose else []), "serve", "--host", "127.0.0.1", "--port", "0"]
-        cmd += ["--models", str(models), *args]
+        cmd += ["--models", str(models), *(["--metrics-port", "0"] if metrics else []), *args]
+        self.metrics = metrics
+        self.metrics_port: int | None = None
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self.port: int | None = None
@@ -67,7 +70,15 @@ class ServerProcess:
 
     def wait_until_listening(self) -> ServerProcess:
         self.port = int(self.wait_for_line(r"listening on \S+:(\d+)$").group(1))
+        if self.metrics:
+            self.metrics_port = int(self.wait_for_line(r"metrics on http://\S+:(\d+)/metrics").group(1))
         return self
+
+    def scrape_metrics(self) -> str:
+        """The Prometheus text exposition, as a scraper would fetch it."""
+        assert self.metrics_port is not None, "started without metrics=True"
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
+            return response.read().decode()
 
     def wait_until_serving(self, timeout: float = START_TIMEOUT) -> ServerProcess:
         self.wait_until_listening()
@@ -97,8 +108,8 @@ def start_server(tiny_models: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Factory of servers (on ``tiny_models`` unless ``models=`` is given), all stopped after the test."""
     started: list[ServerProcess] = []
 
-    def start(*args: str, models: Path | None = None, verbose: bool = False) -> ServerProcess:
-        server = ServerProcess(models or tiny_models, *args, verbose=verbose)
+    def start(*args: str, models: Path | None = None, verbose: bool = False, metrics: bool = False) -> ServerProcess:
+        server = ServerProcess(models or tiny_models, *args, verbose=verbose, metrics=metrics)
         started.append(server)
         return server
 
@@ -110,7 +121,7 @@ def start_server(tiny_models: Path) -> Iterator[Callable[..., ServerProcess]]:
 @pytest.fixture(scope="session")
 def server(tiny_models: Path) -> Iterator[ServerProcess]:
     """One server on the tiny models shared by the tests that only make calls."""
-    process = ServerProcess(tiny_models)
+    process = ServerProcess(tiny_models, metrics=True)
     try:
         yield process.wait_until_serving()
     finally:

@@ -6,6 +6,8 @@ import grpc
 import numpy as np
 import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from genserve.client import GenserveClient
 from genserve.images import decode_png
@@ -176,3 +178,41 @@ def test_a_call_past_its_deadline_stops_and_frees_its_model(server):
     assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     with GenserveClient(server.target, timeout=10.0) as next_in_line:  # would wait out the abandoned request
         assert next_in_line.generate(DDPM, 1, steps=FEW_STEPS).shape == (1, 28, 28, 1)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    model=st.sampled_from([GAN, DDPM, "", "no-such-model"]),
+    num_images=st.sampled_from([-1, 0, 1, 2, 257, 2**31 - 1]),
+    steps=st.sampled_from([None, -3, 0, 1, 2, 1001, 2**31 - 1]),
+    sampler=st.sampled_from([0, 1, 2, 9]),
+    eta=st.sampled_from([None, -0.5, 0.0, 0.7, 2.0, float("nan")]),
+    encoding=st.sampled_from([0, 1, 3, 77]),
+    priority=st.sampled_from([0, 1, 2, 2**32 - 1]),
+    timeout_ms=st.sampled_from([None, 0, 1, 60_000]),
+)
+def test_no_request_a_client_can_send_gets_internal_or_unknown(
+    server, model, num_images, steps, sampler, eta, encoding, priority, timeout_ms
+):
+    """Client mistakes map to INVALID_ARGUMENT, NOT_FOUND or DEADLINE_EXCEEDED; valid ones succeed."""
+    msg = convert.generate_request_to_proto(GenerateRequest("x", 1))
+    msg.model, msg.num_images, msg.sampler, msg.encoding, msg.priority = model, num_images, sampler, encoding, priority
+    if model == DDPM and steps is None:
+        steps = FEW_STEPS  # unset = the 1000-step default: valid, and too slow for a property test
+    if steps is not None:
+        msg.steps = steps
+    if eta is not None:
+        msg.eta = eta
+    if timeout_ms is not None:
+        msg.timeout_ms = timeout_ms
+    with grpc.insecure_channel(server.target) as channel:
+        stub = genserve_pb2_grpc.GenerationServiceStub(channel)
+        try:
+            stub.Generate(msg, timeout=60)
+        except grpc.RpcError as err:
+            assert err.code() in {
+                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.NOT_FOUND,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            }, f"{err.code().name}: {err.details()}"
+            assert err.details(), "an error without a message"

@@ -41,15 +41,26 @@ class CallInThread:
         return self._outcome["images"]
 
 
-def test_sigterm_reports_not_serving_refuses_new_calls_and_lets_a_call_in_flight_finish(start_server):
+def _wait_for_metric(server, line: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if line in server.scrape_metrics():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{line!r} never appeared in the metrics:\n{server.scrape_metrics()}")
+
+
+def test_sigterm_reports_not_serving_refuses_new_calls_and_lets_running_and_queued_calls_finish(start_server):
     grace = 30.0
-    server = start_server("--grace-period", str(grace), verbose=True).wait_until_serving()
+    server = start_server("--grace-period", str(grace), metrics=True, verbose=True).wait_until_serving()
     with grpc.insecure_channel(server.target) as channel:
         watch = health_pb2_grpc.HealthStub(channel).Watch(convert.health_check_request(""), timeout=60)
         assert convert.health_status_name(next(watch)) == "SERVING"
 
         call = CallInThread(server.target, model=DDPM, num_images=2, seed=3, steps=500)
-        server.wait_for_line(rf"model={DDPM} running request")
+        server.wait_for_line(rf"model={DDPM} running batch")
+        queued = CallInThread(server.target, model=DDPM, num_images=1, seed=4, steps=100)  # waits for the first
+        _wait_for_metric(server, f'genserve_queued_requests{{model="{DDPM}"}} 1.0')
         sent = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
 
@@ -64,6 +75,7 @@ def test_sigterm_reports_not_serving_refuses_new_calls_and_lets_a_call_in_flight
     assert code == 0, server.log
     assert time.monotonic() - sent < grace
     assert call.result().shape == (2, 28, 28, 1)
+    assert queued.result().shape == (1, 28, 28, 1)
     log = server.log
     assert log.index("received SIGTERM") < log.index(f"Generate model={DDPM}"), "the call ended before SIGTERM"
 
@@ -72,7 +84,7 @@ def test_sigterm_exits_at_the_end_of_the_grace_period_when_a_call_outlasts_it(st
     grace = 1.0
     server = start_server("--grace-period", str(grace), verbose=True).wait_until_serving()
     call = CallInThread(server.target, model=DDPM, num_images=8, seed=3, steps=1000)  # tens of seconds
-    server.wait_for_line(rf"model={DDPM} running request")
+    server.wait_for_line(rf"model={DDPM} running batch")
     sent = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     assert server.wait(timeout=30) == 0, server.log

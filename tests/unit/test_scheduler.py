@@ -1,4 +1,5 @@
-"""SerialScheduler: one request at a time per model, validation before queueing, cancellation."""
+"""RequestScheduler (diffusion models): one request per engine instance at a time, validation
+before queueing, cancellation of a running request at its next engine call."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from genserve.serving.config import ModelSettings
 from genserve.serving.domain import GenerateRequest
 from genserve.serving.errors import Cancelled, InvalidArgument
-from genserve.serving.scheduler import SerialScheduler
+from genserve.serving.scheduler import RequestScheduler
 
 WAIT = 10.0  # seconds before a test gives up on an event that should come at once
 
@@ -21,6 +23,7 @@ class GatedRunner:
     """A stand-in model whose request ``seed`` runs until ``gate[seed]`` opens, like a long engine loop."""
 
     name = "gated"
+    engines = [None]  # one engine instance
 
     def __init__(self, seeds: list[int]):
         self.gate = {s: threading.Event() for s in seeds}
@@ -34,7 +37,9 @@ class GatedRunner:
         if request.num_images < 1:
             raise InvalidArgument("num_images must be in [1, 4]")
 
-    def generate(self, request: GenerateRequest, cancelled: threading.Event | None = None) -> np.ndarray:
+    def generate(
+        self, request: GenerateRequest, cancelled: threading.Event | None = None, instance: int = 0
+    ) -> np.ndarray:
         with self._lock:
             self.active += 1
             self.max_active = max(self.max_active, self.active)
@@ -68,12 +73,12 @@ async def entered(runner: GatedRunner, seed: int) -> None:
 def test_requests_to_one_model_run_one_at_a_time_in_arrival_order(executor):
     async def scenario() -> None:
         runner = GatedRunner([1, 2, 3])
-        scheduler = SerialScheduler(runner, executor)
+        scheduler = RequestScheduler(runner, ModelSettings(), executor)
         tasks = [asyncio.create_task(scheduler.submit(request(s))) for s in (1, 2, 3)]
         await entered(runner, 1)
         for _ in range(10):
             await asyncio.sleep(0)  # let the other two reach the queue
-        assert scheduler.pending == 3
+        assert scheduler.batcher.pending == 3
         assert runner.order == [1]
         for gate in runner.gate.values():
             gate.set()
@@ -81,7 +86,7 @@ def test_requests_to_one_model_run_one_at_a_time_in_arrival_order(executor):
         assert [int(r[0, 0, 0, 0]) for r in results] == [1, 2, 3]
         assert runner.order == [1, 2, 3]
         assert runner.max_active == 1
-        assert scheduler.pending == 0
+        assert scheduler.batcher.pending == 0
 
     asyncio.run(scenario())
 
@@ -89,7 +94,7 @@ def test_requests_to_one_model_run_one_at_a_time_in_arrival_order(executor):
 def test_an_invalid_request_is_rejected_without_waiting_for_the_busy_model(executor):
     async def scenario() -> None:
         runner = GatedRunner([1])
-        scheduler = SerialScheduler(runner, executor)
+        scheduler = RequestScheduler(runner, ModelSettings(), executor)
         busy = asyncio.create_task(scheduler.submit(request(1)))
         await entered(runner, 1)
         with pytest.raises(InvalidArgument):
@@ -103,7 +108,7 @@ def test_an_invalid_request_is_rejected_without_waiting_for_the_busy_model(execu
 def test_a_cancelled_request_stops_its_run_and_the_next_one_never_overlaps_it(executor):
     async def scenario() -> None:
         runner = GatedRunner([1, 2])
-        scheduler = SerialScheduler(runner, executor)
+        scheduler = RequestScheduler(runner, ModelSettings(), executor)
         first = asyncio.create_task(scheduler.submit(request(1)))
         await entered(runner, 1)
         runner.gate[2].set()
@@ -121,7 +126,7 @@ def test_a_cancelled_request_stops_its_run_and_the_next_one_never_overlaps_it(ex
 def test_a_request_cancelled_while_waiting_never_reaches_the_model(executor):
     async def scenario() -> None:
         runner = GatedRunner([1, 2])
-        scheduler = SerialScheduler(runner, executor)
+        scheduler = RequestScheduler(runner, ModelSettings(), executor)
         first = asyncio.create_task(scheduler.submit(request(1)))
         await entered(runner, 1)
         waiting = asyncio.create_task(scheduler.submit(request(2)))
@@ -132,6 +137,6 @@ def test_a_request_cancelled_while_waiting_never_reaches_the_model(executor):
         runner.gate[1].set()
         await asyncio.wait_for(first, WAIT)
         assert runner.order == [1]
-        assert scheduler.pending == 0
+        assert scheduler.batcher.pending == 0
 
     asyncio.run(scenario())

@@ -1,0 +1,271 @@
+"""The dynamic batcher: a bounded priority queue per model, and the loop that carries out
+``batching.next_batch`` on free engine instances.
+
+It knows nothing about models (pytriton's ``bind(infer_func=...)``): it is given one compute
+callable per engine instance, ``compute(slices) -> array`` with one row per unit, and runs them
+in an executor. What it owns is the life of a request between acceptance and its result:
+
+- admission: a full queue rejects at once (``Overloaded`` -> RESOURCE_EXHAUSTED);
+- deadlines: the call's deadline (and an optional timeout) travel with the request; once past,
+  the request fails with ``DeadlineExceeded`` and none of its remaining units reach an engine;
+- cancellation: a cancelled caller leaves the queue at once; units already running finish,
+  and a long compute can watch ``Slice.cancelled`` to stop early;
+- results: a request's units may run in several batches; its caller gets them back in order.
+
+Everything here runs on the event loop's thread except the compute calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from genserve.serving.batching import HIGHEST_PRIORITY, BatchPolicy, Pending, Take, next_batch
+from genserve.serving.errors import DeadlineExceeded, InternalError, InvalidArgument, Overloaded, ServingError
+from genserve.serving.metrics import Metrics, ModelMetrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Units ``[start, stop)`` of one request, as handed to a compute callable."""
+
+    payload: Any  # what the request was submitted with
+    start: int
+    stop: int
+    cancelled: threading.Event  # set once the request is cancelled or failed
+
+    @property
+    def units(self) -> int:
+        return self.stop - self.start
+
+
+Compute = Callable[[Sequence[Slice]], np.ndarray]  # -> (sum of slice units, ...) rows in slice order
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    """Admission and priorities (Triton's ``max_queue_size``, ``priority_levels``,
+    ``default_priority_level`` and ``default_timeout_microseconds``)."""
+
+    max_queue_size: int = 128  # requests waiting to start; 0 = unbounded
+    priority_levels: int = 1  # requests carry 1 (first) .. priority_levels; 0 = the default level
+    default_priority: int = 1
+    default_timeout: float | None = None  # seconds, for requests that bring no deadline
+
+
+@dataclass(eq=False)
+class _Entry:
+    id: int
+    payload: Any
+    units: int
+    priority: int
+    arrival: float
+    deadline: float | None
+    future: asyncio.Future
+    next_unit: int = 0  # first unit not yet handed to a batch
+    done_units: int = 0
+    parts: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def pending(self) -> Pending:
+        return Pending(self.id, self.units - self.next_unit, self.priority, self.arrival, self.deadline)
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        name: str,
+        computes: Sequence[Compute],
+        policy: BatchPolicy,
+        queue: QueuePolicy,
+        executor: concurrent.futures.Executor,
+        metrics: ModelMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,  # the event loop's clock: deadlines are compared to it
+    ):
+        if not computes:
+            raise ValueError("a batcher needs at least one engine instance")
+        self.name = name
+        self.policy = policy
+        self.queue_policy = queue
+        self._computes = list(computes)
+        self._executor = executor
+        self._metrics = metrics or Metrics().for_model(name)
+        self._clock = clock
+        self._ids = itertools.count()
+        self._queue: dict[int, _Entry] = {}  # requests with units not yet started, in arrival order
+        self._pending = 0  # accepted and not finished
+        self._wake: asyncio.Event | None = None  # set on arrivals and on instances freed
+        self._free: list[int] = []  # engine instances not running a batch
+        self._loop_task: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def submit(
+        self, payload: Any, units: int, priority: int = 0, deadline: float | None = None, timeout: float | None = None
+    ) -> np.ndarray:
+        """Queue ``units`` units of ``payload``; return their rows, in order, once all have run.
+
+        ``deadline`` is a time on this batcher's clock (the gRPC deadline), ``timeout`` seconds from
+        now (the request's own); the earlier one counts. Raises Overloaded, DeadlineExceeded,
+        InvalidArgument (priority out of range), or what the compute raised."""
+        qp = self.queue_policy
+        if not 0 <= priority <= qp.priority_levels:
+            raise InvalidArgument(
+                f"priority must be in [0, {qp.priority_levels}] for model {self.name} (0 = default, "
+                f"{HIGHEST_PRIORITY} = first), got {priority}"
+            )
+        if qp.max_queue_size and len(self._queue) >= qp.max_queue_size:
+            raise Overloaded(
+                f"model {self.name} has {len(self._queue)} requests queued, its limit; "
+                "retry after a backoff, or on another replica"
+            )
+        now = self._clock()
+        timeout = qp.default_timeout if timeout is None and deadline is None else timeout
+        deadlines = [d for d in (deadline, None if timeout is None else now + timeout) if d is not None]
+        entry = _Entry(
+            id=next(self._ids),
+            payload=payload,
+            units=units,
+            priority=priority or qp.default_priority,
+            arrival=now,
+            deadline=min(deadlines) if deadlines else None,
+            future=asyncio.get_running_loop().create_future(),
+        )
+        self._ensure_running()
+        self._queue[entry.id] = entry
+        self._pending += 1
+        self._metrics.pending.inc()
+        self._metrics.queued.set(len(self._queue))
+        self._wake.set()
+        try:
+            return await entry.future
+        except asyncio.CancelledError:
+            # The caller is gone (client cancel, gRPC deadline, end of the shutdown grace period).
+            entry.cancelled.set()
+            if self._queue.pop(entry.id, None) is not None:
+                self._metrics.queued.set(len(self._queue))
+            raise
+        finally:
+            self._pending -= 1
+            self._metrics.pending.dec()
+
+    async def close(self) -> None:
+        """Stop dispatching (after the server has drained its calls)."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+            self._loop_task = None
+
+    def _ensure_running(self) -> None:
+        if self._loop_task is None:
+            self._wake = asyncio.Event()
+            self._free = list(range(len(self._computes)))
+            self._loop_task = asyncio.create_task(self._dispatch_loop(), name=f"batcher-{self.name}")
+
+    async def _dispatch_loop(self) -> None:
+        """Decide whenever something changes: an arrival, a free instance, a delay or a deadline due.
+
+        A batch is formed only when an instance can start it at once (a batch formed earlier would
+        stop growing while it waits); deadlines are enforced while every instance is busy too."""
+        while True:
+            self._wake.clear()
+            now = self._clock()
+            decision = next_batch([e.pending() for e in self._queue.values()], self.policy, now)
+            for entry_id in decision.expired:
+                self._expire(self._queue.pop(entry_id), now)
+            if decision.expired:
+                self._metrics.queued.set(len(self._queue))
+            if decision.batch and self._free:
+                instance = self._free.pop()
+                task = asyncio.create_task(self._run(instance, self._take(decision.batch, now)))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+                continue
+            if self._free:
+                wake_at = decision.wake_at
+            else:
+                wake_at = min((e.deadline for e in self._queue.values() if e.deadline is not None), default=None)
+            timeout = None if wake_at is None else max(0.0, wake_at - now)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _expire(self, entry: _Entry, now: float) -> None:
+        entry.cancelled.set()
+        if not entry.future.done():
+            started = f", {entry.next_unit} of its {entry.units} units started" if entry.next_unit else ""
+            entry.future.set_exception(
+                DeadlineExceeded(
+                    f"the request's deadline passed after {now - entry.arrival:.3f} s in the queue of model "
+                    f"{self.name}{started}; it was not run"
+                )
+            )
+
+    def _take(self, takes: Sequence[Take], now: float) -> list[tuple[_Entry, int, int]]:
+        batch = []
+        for take in takes:
+            entry = self._queue[take.id]
+            if entry.next_unit == 0:
+                self._metrics.queue_seconds.observe(now - entry.arrival)
+            start = entry.next_unit
+            entry.next_unit += take.units
+            batch.append((entry, start, entry.next_unit))
+            if entry.next_unit == entry.units:
+                del self._queue[take.id]
+        self._metrics.queued.set(len(self._queue))
+        return batch
+
+    async def _run(self, instance: int, batch: list[tuple[_Entry, int, int]]) -> None:
+        slices = [Slice(e.payload, start, stop, e.cancelled) for e, start, stop in batch]
+        units = sum(s.units for s in slices)
+        log.debug(
+            "model=%s running batch of %d units from %d requests on instance %d", self.name, units, len(batch), instance
+        )
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            out = await loop.run_in_executor(self._executor, self._computes[instance], slices)
+        except Exception as exc:
+            if not isinstance(exc, ServingError):
+                log.error("model=%s batch of %d units failed", self.name, units, exc_info=exc)
+                what = type(exc).__name__
+                exc = InternalError(f"model {self.name} failed to run a batch ({what}); see the server log")
+            for entry, _, _ in batch:
+                entry.cancelled.set()
+                self._queue.pop(entry.id, None)
+                if not entry.future.done():
+                    entry.future.set_exception(exc)
+            return
+        finally:
+            self._free.append(instance)
+            self._wake.set()
+        self._metrics.compute_seconds.observe(time.perf_counter() - started)
+        self._metrics.batch_size.observe(units)
+        self._metrics.units.inc(units)
+        offset = 0
+        for entry, start, stop in batch:
+            entry.parts.append((start, out[offset : offset + stop - start]))
+            offset += stop - start
+            entry.done_units += stop - start
+            if entry.done_units == entry.units and not entry.future.done():
+                entry.parts.sort(key=lambda part: part[0])
+                rows = [rows for _, rows in entry.parts]
+                entry.future.set_result(rows[0] if len(rows) == 1 else np.concatenate(rows))

@@ -1,0 +1,253 @@
+"""Server configuration: one TOML file, per-model sections, command-line overrides.
+
+    [server]
+    models = "models"          # model repository (relative to the file)
+    host = "0.0.0.0"
+    port = 50051
+    backend = "onnxruntime"    # onnxruntime | torch | tensorrt
+    grace_period_s = 10
+    metrics_port = 9090        # Prometheus /metrics; absent = off
+
+    [model_defaults]           # every model, unless its own section says otherwise
+    max_batch_size = 64
+    max_queue_delay_ms = 0
+
+    [models.dcgan-mnist]
+    preferred_batch_sizes = [32, 64]
+    instances = 1
+
+Precedence, lowest first: built-in defaults, ``[model_defaults]``, ``[models.NAME]``, then the
+command-line flags, which apply to every model. Every problem is reported at start, each naming
+its key (``models.dcgan-mnist.max_batch_size: ...``); limits that need the model itself (the
+engine's batch limit, a section naming no served model) are checked when the models load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from genserve.serving.batcher import QueuePolicy
+from genserve.serving.batching import BatchPolicy
+from genserve.serving.convert import MAX_MESSAGE_BYTES
+from genserve.serving.engines import Backend
+
+DEFAULT_HOST = "0.0.0.0"
+DEFAULT_PORT = 50051
+DEFAULT_GRACE_PERIOD = 10.0
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message lists every problem, each with its key."""
+
+    def __init__(self, problems: list[str], source: str = "configuration"):
+        self.problems = problems
+        super().__init__(f"invalid {source}:\n  " + "\n  ".join(problems))
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """How one model is queued, batched and run. Diffusion models run request by request (one
+    request per engine call sequence), so for them the batch fields do not apply."""
+
+    max_batch_size: int | None = None  # images per engine call; None = the engine's limit (manifest)
+    max_queue_delay_ms: float = 0.0  # Triton's default: batch what is queued, wait for no one
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = 256  # requests waiting to start; 0 = unbounded
+    priority_levels: int = 1
+    default_priority: int = 1
+    default_timeout_ms: float | None = None  # for requests without a deadline; None = none
+    instances: int = 1  # engines run concurrently (separate sessions)
+    intra_op_threads: int = 0  # threads per engine; 0 = cores / instances
+
+    def batch_policy(self, engine_limit: int) -> BatchPolicy:
+        size = engine_limit if self.max_batch_size is None else self.max_batch_size
+        return BatchPolicy(size, self.max_queue_delay_ms / 1000.0, self.preferred_batch_sizes)
+
+    def queue_policy(self) -> QueuePolicy:
+        timeout = None if self.default_timeout_ms is None else self.default_timeout_ms / 1000.0
+        return QueuePolicy(self.max_queue_size, self.priority_levels, self.default_priority, timeout)
+
+    def check_engine_limit(self, engine_limit: int, model: str, key: str) -> list[str]:
+        """Problems of these settings with a model whose engine takes ``engine_limit`` images at most."""
+        problems = []
+        if self.max_batch_size is not None and self.max_batch_size > engine_limit:
+            problems.append(
+                f"{key}: {self.max_batch_size} exceeds the engine limit of model {model}, {engine_limit} "
+                "(the model folder's max_batch_size; re-export with a larger one)"
+            )
+        return problems
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    models_dir: Path
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT  # 0 = an ephemeral port, see GenserveServer.port
+    backend: Backend = Backend.ONNXRUNTIME
+    grace_period: float = DEFAULT_GRACE_PERIOD  # seconds calls in flight get to finish at shutdown
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    metrics_port: int | None = None  # Prometheus endpoint; None = off, 0 = any free port
+    metrics_host: str | None = None  # None = the gRPC host
+    model_defaults: ModelSettings = field(default_factory=ModelSettings)
+    models: dict[str, ModelSettings] = field(default_factory=dict)  # complete settings, by model name
+    flag_keys: frozenset[str] = frozenset()  # ModelSettings fields set on the command line
+
+    def key_of(self, model: str, setting: str) -> str:
+        """Where a model's setting came from, for messages: a flag, its section, or the defaults."""
+        if setting in self.flag_keys:
+            return "--" + setting.replace("_", "-")
+        return f"models.{model}.{setting}" if model in self.models else f"model_defaults.{setting}"
+
+    def settings_for(self, model: str) -> ModelSettings:
+        return self.models.get(model, self.model_defaults)
+
+
+# key -> (type check, description) for each ModelSettings field, in TOML terms.
+def _int(lo: int):
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo, f"an integer >= {lo}")
+
+
+def _number(lo: float):
+    return (
+        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= lo,
+        f"a number >= {lo:g}",
+    )
+
+
+_MODEL_KEYS: dict[str, tuple[Any, str]] = {
+    "max_batch_size": _int(1),
+    "max_queue_delay_ms": _number(0),
+    "preferred_batch_sizes": (
+        lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v),
+        "a list of integers >= 1",
+    ),
+    "max_queue_size": _int(0),
+    "priority_levels": _int(1),
+    "default_priority": _int(1),
+    "default_timeout_ms": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0"),
+    "instances": _int(1),
+    "intra_op_threads": _int(0),
+}
+_SERVER_KEYS: dict[str, tuple[Any, str]] = {
+    "models": (lambda v: isinstance(v, str) and v != "", "a path"),
+    "host": (lambda v: isinstance(v, str) and v != "", "a host name or address"),
+    "port": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 65535, "a port in [0, 65535]"),
+    "backend": (lambda v: v in {b.value for b in Backend}, "one of " + ", ".join(b.value for b in Backend)),
+    "grace_period_s": _number(0),
+    "metrics_port": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 65535,
+        "a port in [0, 65535]",
+    ),
+    "metrics_host": (lambda v: isinstance(v, str) and v != "", "a host name or address"),
+}
+
+
+def _check_table(table: Any, keys: dict[str, tuple[Any, str]], prefix: str, problems: list[str]) -> dict[str, Any]:
+    """The valid entries of ``table``; a problem for each other one. ``prefix`` None = flags."""
+    if not isinstance(table, dict):
+        problems.append(f"{prefix}: expected a table")
+        return {}
+    good = {}
+    for key, value in table.items():
+        name = "--" + key.replace("_", "-") if prefix is None else f"{prefix}.{key}"
+        if key not in keys:
+            problems.append(f"{name}: unknown key; known keys: {', '.join(sorted(keys))}")
+            continue
+        check, what = keys[key]
+        if not check(value):
+            problems.append(f"{name}: expected {what}, got {value!r}")
+            continue
+        good[key] = value
+    return good
+
+
+def _model_settings(base: ModelSettings, values: dict[str, Any], key: str, problems: list[str]) -> ModelSettings:
+    if "preferred_batch_sizes" in values:
+        values = {**values, "preferred_batch_sizes": tuple(sorted(set(values["preferred_batch_sizes"])))}
+    settings = dataclasses.replace(base, **values)
+    if settings.default_priority > settings.priority_levels:
+        problems.append(
+            f"{key}.default_priority: {settings.default_priority} exceeds priority_levels {settings.priority_levels}"
+        )
+    if settings.max_batch_size is not None:
+        bad = [s for s in settings.preferred_batch_sizes if s > settings.max_batch_size]
+        if bad:
+            problems.append(f"{key}.preferred_batch_sizes: {bad} exceed max_batch_size {settings.max_batch_size}")
+    return settings
+
+
+def load_config(
+    path: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    default_models_dir: Path | None = None,
+) -> ServerConfig:
+    """Read ``path`` (None: defaults only), then apply ``overrides`` (server keys, in ServerConfig
+    terms: models_dir, host, port, backend, grace_period, metrics_port) and ``model_overrides``
+    (ModelSettings keys, for every model). Raises ConfigError listing every problem."""
+    problems: list[str] = []
+    source = str(path) if path else "command line"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError([f"cannot read {path}: {exc.strerror}"], source) from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"not valid TOML: {exc}"], source) from exc
+    for key in sorted(set(raw) - {"server", "model_defaults", "models"}):
+        problems.append(f"{key}: unknown section; known sections: server, model_defaults, models")
+
+    server = _check_table(raw.get("server", {}), _SERVER_KEYS, "server", problems)
+    model_overrides = {k: v for k, v in (model_overrides or {}).items() if v is not None}
+    flag_values = _check_table(model_overrides, _MODEL_KEYS, None, problems)
+    defaults = _model_settings(
+        ModelSettings(),
+        _check_table(raw.get("model_defaults", {}), _MODEL_KEYS, "model_defaults", problems),
+        "model_defaults",
+        problems,
+    )
+    models_table = raw.get("models", {})
+    if not isinstance(models_table, dict):
+        problems.append("models: expected a table of [models.NAME] sections")
+        models_table = {}
+
+    def with_flags(settings: ModelSettings) -> dict[str, Any]:
+        # --max-batch-size caps the batch everywhere: preferred sizes above it are dropped.
+        values = dict(flag_values)
+        if "max_batch_size" in values:
+            limit = values["max_batch_size"]
+            values["preferred_batch_sizes"] = [s for s in settings.preferred_batch_sizes if s <= limit]
+        return values
+
+    models = {}
+    for name, table in models_table.items():
+        values = _check_table(table, _MODEL_KEYS, f"models.{name}", problems)
+        own = _model_settings(defaults, values, f"models.{name}", problems)
+        models[name] = _model_settings(own, with_flags(own), f"models.{name}", problems)
+    defaults = _model_settings(defaults, with_flags(defaults), "model_defaults", problems)
+    if problems:
+        raise ConfigError(problems, source)
+
+    base = path.parent if path is not None else Path.cwd()
+    values: dict[str, Any] = {}
+    if "models" in server:
+        values["models_dir"] = (base / server["models"]).resolve()
+    for toml_key, attr in (("host", "host"), ("port", "port"), ("metrics_port", "metrics_port")):
+        if toml_key in server:
+            values[attr] = server[toml_key]
+    if "metrics_host" in server:
+        values["metrics_host"] = server["metrics_host"]
+    if "backend" in server:
+        values["backend"] = Backend(server["backend"])
+    if "grace_period_s" in server:
+        values["grace_period"] = float(server["grace_period_s"])
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    values.setdefault("models_dir", default_models_dir)
+    if values["models_dir"] is None:
+        raise ConfigError(["server.models: no model repository given (set it here or pass --models)"], source)
+    return ServerConfig(**values, model_defaults=defaults, models=models, flag_keys=frozenset(flag_values))
