@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 # Services whose health follows the model repository: "" is the server as a whole.
 HEALTH_SERVICES = ("", convert.SERVICE_NAME)
+CORE_PENDING_CALLS = 20_000  # calls gRPC core may hold before the event loop takes them
 
 
 class StartupError(Exception):
@@ -59,6 +60,11 @@ class GenserveServer:
                 ("grpc.max_send_message_length", limit),
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.so_reuseport", 0),  # a port already in use is an error, not a silent second listener
+                # gRPC core holds calls the event loop has not picked up yet, and past 1,000 of them it
+                # starts cancelling new ones (CANCELLED, before any handler runs). A burst must reach the
+                # model queues instead, whose bound rejects with a status that says what happened.
+                ("grpc.server.max_pending_requests", CORE_PENDING_CALLS),
+                ("grpc.server.max_pending_requests_hard_limit", 2 * CORE_PENDING_CALLS),
             ],
         )
         genserve_pb2_grpc.add_GenerationServiceServicer_to_server(

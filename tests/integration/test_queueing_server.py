@@ -207,3 +207,32 @@ def test_settings_that_do_not_fit_the_models_stop_the_server(start_server, tmp_p
     assert server.wait(timeout=60) == 1
     assert "models.no-such-model: no such model" in server.log
     assert f"--max-batch-size: 65 exceeds the engine limit of model {DCGAN}, 64" in server.log
+
+
+def test_a_burst_of_thousands_of_calls_gets_only_ok_or_resource_exhausted(start_server):
+    """gRPC core cancels calls beyond its pending-call limit before any handler runs (1,000 by
+    default); the server raises that limit so a burst reaches the bounded model queue instead."""
+    import asyncio
+    import collections
+
+    server = start_server("--max-queue-size", "64", metrics=True).wait_until_serving()
+    msg = convert.generate_request_to_proto(GenerateRequest(DCGAN, 1), convert.ImageEncoding.RAW)
+
+    async def burst(n: int) -> collections.Counter:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = genserve_pb2_grpc.GenerationServiceStub(channel)
+
+            async def one() -> str:
+                try:
+                    await stub.Generate(msg, timeout=120)
+                    return "OK"
+                except grpc.aio.AioRpcError as err:
+                    return err.code().name
+
+            return collections.Counter(await asyncio.gather(*(one() for _ in range(n))))
+
+    counts = asyncio.run(burst(2500))
+    assert set(counts) <= {"OK", "RESOURCE_EXHAUSTED"}, counts
+    assert counts["OK"] >= 64
+    text = server.scrape_metrics()
+    assert f'genserve_requests_total{{code="OK",model="{DCGAN}"}} {float(counts["OK"])}' in text
