@@ -130,6 +130,7 @@ def _serve(args: argparse.Namespace) -> int:
         "max_queue_delay_ms": args.max_queue_delay_ms,
         "max_queue_size": args.max_queue_size,
         "instances": args.instances,
+        "diffusion_batching": args.diffusion_batching,
     }
     try:
         config = load_config(args.config, overrides, model_overrides, default_models_dir=DEFAULT_MODELS)
@@ -175,12 +176,27 @@ def _generate(args: argparse.Namespace) -> int:
     from genserve.client import GenserveClient
 
     with GenserveClient(args.server, timeout=args.timeout) as client:
-        batch = client.generate(
-            args.model, args.num_images, seed=args.seed, steps=args.steps, sampler=args.sampler, eta=args.eta
-        )
+        options = dict(seed=args.seed, steps=args.steps, sampler=args.sampler, eta=args.eta)
+        if args.stream:
+            batch = _generate_with_progress(client, args.model, args.num_images, options)
+        else:
+            batch = client.generate(args.model, args.num_images, **options)
     written = write_images(batch, args.out)
     log.info("wrote %d images from %s to %s", len(batch), args.model, written)
     return 0
+
+
+def _generate_with_progress(client, model: str, num_images: int, options: dict) -> np.ndarray:
+    """GenerateStream with a progress bar on stderr; returns the images."""
+    from tqdm import tqdm
+
+    with tqdm(desc=model, unit="step", file=sys.stderr) as bar:
+        for event in client.generate_stream(model, num_images, **options):
+            bar.total = event.total
+            bar.update(event.step - bar.n)
+            if event.images is not None:
+                return event.images
+    raise RuntimeError("the stream ended without images")
 
 
 def write_images(batch: np.ndarray, out: Path) -> Path:
@@ -233,6 +249,26 @@ def _bench_load(args: argparse.Namespace) -> int:
         print(f"wrote {report.write_json(args.json)}")
     if args.plot:
         print(f"wrote {plot_report(report, args.plot)}")
+    return 0
+
+
+def _bench_sampler(args: argparse.Namespace) -> int:
+    from genserve.bench_sampler import SamplerBenchConfig, plot_report, run_sampler_benchmark, summary, write_report
+
+    folder = (args.models or DEFAULT_MODELS) / args.model
+    try:
+        threads = {"threads": args.threads} if args.threads else {}  # default: os.cpu_count()
+        config = SamplerBenchConfig(folder, batch=args.batch, steps=args.steps, **threads)
+        report = run_sampler_benchmark(config)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    except ImportError as exc:  # diffusers, the optional [bench] extra
+        log.error("%s", exc)
+        return 1
+    print(summary(report))
+    print(f"wrote {write_report(report, args.json)}")
+    print(f"wrote {plot_report(report, args.json.with_suffix('.png'))}")
     return 0
 
 
@@ -289,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-queue-size", type=int, help="requests waiting per model before rejecting (default 256)"
     )
     batching.add_argument("--instances", type=int, help="engine instances per model, run concurrently (default 1)")
+    batching.add_argument(
+        "--diffusion-batching",
+        choices=["step", "request"],
+        help="diffusion: join the running batch at every step (default) or only when it empties",
+    )
     p.set_defaults(func=_serve)
 
     def client_parser(name: str, help: str) -> argparse.ArgumentParser:
@@ -311,12 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="diffusion sampler (default: DDPM on the full schedule, DDIM on fewer steps)",
     )
     p.add_argument("--eta", type=float, help="DDIM stochasticity in [0, 1] (default 0)")
+    p.add_argument("--stream", action="store_true", help="show a progress bar while the server samples")
     p.add_argument(
         "--out", type=Path, required=True, help="X.png: one grid image; X.npy: uint8 array; else a folder of PNGs"
     )
     p.set_defaults(func=_generate)
 
-    bench = sub.add_parser("bench", help="benchmarks against a running server")
+    bench = sub.add_parser("bench", help="benchmarks: load against a running server, sampler loops in-process")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     p = bench_sub.add_parser(
         "load",
@@ -350,6 +392,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--plot", type=Path, metavar="OUT.png", help="write a PNG of latency by send time and per-second throughput"
     )
     p.set_defaults(func=_bench_load)
+
+    p = bench_sub.add_parser(
+        "sampler",
+        help="images/s of the fused sampler vs diffusers' DDPMScheduler loop and Algorithm 2 (in-process)",
+        description="Time three DDPM sampling loops on the same UNet weights, batch, step count and threads: "
+        "Hugging Face diffusers' DDPMScheduler loop and a literal Ho et al. Algorithm 2 loop (both PyTorch eager), "
+        "and genserve's fused ONNX step loop as served; then the median of one bare engine step, for the "
+        "fused loop's overhead. Needs the optional extra: pip install -e '.[bench]'.",
+    )
+    p.add_argument("--model", default="ddpm-mnist", metavar="NAME", help="diffusion model folder (default ddpm-mnist)")
+    p.add_argument("--models", type=Path, metavar="DIR", help=f"model repository (default {DEFAULT_MODELS})")
+    p.add_argument("--batch", type=int, default=16, metavar="B", help="images per loop (default 16)")
+    p.add_argument(
+        "--steps", type=int, default=1000, metavar="K", help="sampling steps (default 1000, the full schedule)"
+    )
+    p.add_argument(
+        "--threads", type=int, metavar="N", help="torch and onnxruntime intra-op threads (default: os.cpu_count())"
+    )
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=REPO_ROOT / "benchmarks" / "results" / "sampler.json",
+        metavar="OUT.json",
+        help="report path; the bar chart goes next to it as OUT.png (default benchmarks/results/sampler.json)",
+    )
+    p.set_defaults(func=_bench_sampler)
     return parser
 
 

@@ -11,6 +11,8 @@ INVALID_ARGUMENT, ...) and ``err.details()`` the server's explanation.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from types import TracebackType
 
 import grpc
@@ -22,7 +24,17 @@ from genserve.serving import convert
 from genserve.serving.domain import GenerateRequest, ModelInfo
 from genserve.serving.pb import genserve_pb2_grpc
 
-__all__ = ["GenserveClient", "ModelInfo", "Sampler"]
+__all__ = ["GenserveClient", "ModelInfo", "Sampler", "StreamEvent"]
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One message of ``generate_stream``: steps done of ``total``, previews, and on the last the images."""
+
+    step: int
+    total: int
+    previews: list[np.ndarray]  # uint8 (h, w, C) each, when asked for
+    images: np.ndarray | None  # uint8 (N, H, W, C) on the last event
 
 
 class GenserveClient:
@@ -117,6 +129,36 @@ class GenserveClient:
             timeout=None if timeout_ms is None else timeout_ms / 1000.0,
         )
         return self._stub.Generate(convert.generate_request_to_proto(request, encoding), timeout=self.timeout)
+
+    def generate_stream(
+        self,
+        model: str,
+        num_images: int,
+        seed: int = 0,
+        steps: int | None = None,
+        sampler: Sampler | str | None = None,
+        eta: float | None = None,
+        preview_every: int = 0,
+    ) -> Iterator[StreamEvent]:
+        """Progress of a generation as it runs; the last event carries the images (uint8 (N, H, W, C)).
+        Closing the iterator early cancels the call, and the server stops the work within a step."""
+        request = GenerateRequest(
+            model=model,
+            num_images=num_images,
+            seed=seed,
+            steps=steps,
+            sampler=Sampler(sampler) if isinstance(sampler, str) else sampler,
+            eta=eta,
+        )
+        msg = convert.generate_stream_request_to_proto(request, convert.ImageEncoding.RAW, preview_every)
+        call = self._stub.GenerateStream(msg, timeout=self.timeout)
+        try:
+            for progress in call:
+                step, total, previews, result = convert.progress_from_proto(progress)
+                images = None if result is None else convert.images_from_response(result)
+                yield StreamEvent(step, total, previews, images)
+        finally:
+            call.cancel()
 
     def health(self, service: str = "") -> str:
         """grpc.health.v1 status of ``service`` ("" = the whole server): "SERVING", "NOT_SERVING", ..."""

@@ -64,6 +64,33 @@ class QueuePolicy:
     default_priority: int = 1
     default_timeout: float | None = None  # seconds, for requests that bring no deadline
 
+    def admit(self, model: str, queued: int, priority: int) -> int:
+        """The priority level a new request gets; raises InvalidArgument or Overloaded."""
+        if not 0 <= priority <= self.priority_levels:
+            raise InvalidArgument(
+                f"priority must be in [0, {self.priority_levels}] for model {model} (0 = default, "
+                f"{HIGHEST_PRIORITY} = first), got {priority}"
+            )
+        if self.max_queue_size and queued >= self.max_queue_size:
+            raise Overloaded(
+                f"model {model} has {queued} requests queued, its limit; retry after a backoff, or on another replica"
+            )
+        return priority or self.default_priority
+
+    def deadline(self, now: float, deadline: float | None, timeout: float | None) -> float | None:
+        """The earlier of the call's deadline and ``now + timeout`` (or the default timeout if neither)."""
+        if timeout is None and deadline is None:
+            timeout = self.default_timeout
+        deadlines = [d for d in (deadline, None if timeout is None else now + timeout) if d is not None]
+        return min(deadlines) if deadlines else None
+
+
+def deadline_error(model: str, waited: float, started: int = 0, units: int = 0) -> DeadlineExceeded:
+    part = f", {started} of its {units} units started" if started else ""
+    return DeadlineExceeded(
+        f"the request's deadline passed after {waited:.3f} s in the queue of model {model}{part}; it was not run"
+    )
+
 
 @dataclass(eq=False)
 class _Entry:
@@ -128,26 +155,15 @@ class DynamicBatcher:
         now (the request's own); the earlier one counts. Raises Overloaded, DeadlineExceeded,
         InvalidArgument (priority out of range), or what the compute raised."""
         qp = self.queue_policy
-        if not 0 <= priority <= qp.priority_levels:
-            raise InvalidArgument(
-                f"priority must be in [0, {qp.priority_levels}] for model {self.name} (0 = default, "
-                f"{HIGHEST_PRIORITY} = first), got {priority}"
-            )
-        if qp.max_queue_size and len(self._queue) >= qp.max_queue_size:
-            raise Overloaded(
-                f"model {self.name} has {len(self._queue)} requests queued, its limit; "
-                "retry after a backoff, or on another replica"
-            )
+        level = qp.admit(self.name, len(self._queue), priority)
         now = self._clock()
-        timeout = qp.default_timeout if timeout is None and deadline is None else timeout
-        deadlines = [d for d in (deadline, None if timeout is None else now + timeout) if d is not None]
         entry = _Entry(
             id=next(self._ids),
             payload=payload,
             units=units,
-            priority=priority or qp.default_priority,
+            priority=level,
             arrival=now,
-            deadline=min(deadlines) if deadlines else None,
+            deadline=qp.deadline(now, deadline, timeout),
             future=asyncio.get_running_loop().create_future(),
         )
         self._ensure_running()
@@ -211,13 +227,7 @@ class DynamicBatcher:
     def _expire(self, entry: _Entry, now: float) -> None:
         entry.cancelled.set()
         if not entry.future.done():
-            started = f", {entry.next_unit} of its {entry.units} units started" if entry.next_unit else ""
-            entry.future.set_exception(
-                DeadlineExceeded(
-                    f"the request's deadline passed after {now - entry.arrival:.3f} s in the queue of model "
-                    f"{self.name}{started}; it was not run"
-                )
-            )
+            entry.future.set_exception(deadline_error(self.name, now - entry.arrival, entry.next_unit, entry.units))
 
     def _take(self, takes: Sequence[Take], now: float) -> list[tuple[_Entry, int, int]]:
         batch = []

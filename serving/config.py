@@ -50,8 +50,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """How one model is queued, batched and run. Diffusion models run request by request (one
-    request per engine call sequence), so for them the batch fields do not apply."""
+    """How one model is queued, batched and run. For a diffusion model a batch is its running set
+    of image slots (``max_batch_size`` of them at most); delay and preferred sizes do not apply."""
 
     max_batch_size: int | None = None  # images per engine call; None = the engine's limit (manifest)
     max_queue_delay_ms: float = 0.0  # Triton's default: batch what is queued, wait for no one
@@ -60,8 +60,9 @@ class ModelSettings:
     priority_levels: int = 1
     default_priority: int = 1
     default_timeout_ms: float | None = None  # for requests without a deadline; None = none
-    instances: int = 1  # engines run concurrently (separate sessions)
+    instances: int = 1  # engines run concurrently (separate sessions); 1 for diffusion models
     intra_op_threads: int = 0  # threads per engine; 0 = cores / instances
+    diffusion_batching: str = "step"  # diffusion: "step" (join at every step) or "request" (baseline)
 
     def batch_policy(self, engine_limit: int) -> BatchPolicy:
         size = engine_limit if self.max_batch_size is None else self.max_batch_size
@@ -131,6 +132,7 @@ _MODEL_KEYS: dict[str, tuple[Any, str]] = {
     "default_timeout_ms": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0"),
     "instances": _int(1),
     "intra_op_threads": _int(0),
+    "diffusion_batching": (lambda v: v in ("step", "request"), '"step" or "request"'),
 }
 _SERVER_KEYS: dict[str, tuple[Any, str]] = {
     "models": (lambda v: isinstance(v, str) and v != "", "a path"),

@@ -103,6 +103,36 @@ def generate_request_from_proto(msg: pb.GenerateRequest) -> tuple[GenerateReques
     return request, encoding
 
 
+def generate_stream_request_from_proto(msg: pb.GenerateStreamRequest) -> tuple[GenerateRequest, ImageEncoding, int]:
+    """Wire stream request -> domain request, response encoding, preview period in steps (0 = none)."""
+    request, encoding = generate_request_from_proto(msg.request)
+    return request, encoding, msg.preview_every
+
+
+def generate_stream_request_to_proto(
+    request: GenerateRequest, encoding: ImageEncoding = ImageEncoding.PNG_AND_RAW, preview_every: int = 0
+) -> pb.GenerateStreamRequest:
+    return pb.GenerateStreamRequest(request=generate_request_to_proto(request, encoding), preview_every=preview_every)
+
+
+def progress_to_proto(
+    step: int, total: int, previews: np.ndarray | None = None, result: pb.GenerateResponse | None = None
+) -> pb.GenerateProgress:
+    """One stream message; ``previews`` uint8 (N, h, w, C), ``result`` on the last one."""
+    msg = pb.GenerateProgress(step=step, total_steps=total)
+    if previews is not None:
+        msg.previews.extend(tensor_to_proto(p) for p in previews)
+    if result is not None:
+        msg.result.CopyFrom(result)
+    return msg
+
+
+def progress_from_proto(msg: pb.GenerateProgress) -> tuple[int, int, list[np.ndarray], pb.GenerateResponse | None]:
+    """(step, total steps, previews, final response or None)."""
+    previews = [tensor_from_proto(t) for t in msg.previews]
+    return msg.step, msg.total_steps, previews, msg.result if msg.HasField("result") else None
+
+
 def generate_request_to_proto(
     request: GenerateRequest, encoding: ImageEncoding = ImageEncoding.PNG_AND_RAW
 ) -> pb.GenerateRequest:

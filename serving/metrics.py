@@ -55,21 +55,21 @@ class Metrics:
         )
         self._compute_seconds = Histogram(
             "genserve_compute_duration_seconds",
-            "Time of one engine batch (a whole request for diffusion models)",
+            "Time of one engine call (one step of the running batch for diffusion models)",
             ["model"],
             buckets=TIME_BUCKETS,
             registry=r,
         )
         self._batch_size = Histogram(
             "genserve_batch_size",
-            "Units per engine batch (images for one-pass models, requests for diffusion)",
+            "Units per engine call: images (one-pass models) or image slots (diffusion steps)",
             ["model"],
             buckets=SIZE_BUCKETS,
             registry=r,
         )
         self._units = Counter(
             "genserve_computed_units",
-            "Units that reached an engine (images, or requests for diffusion)",
+            "Units that reached an engine: images (one-pass models) or image-steps (diffusion)",
             ["model"],
             registry=r,
         )

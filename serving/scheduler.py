@@ -1,29 +1,26 @@
 """Per-model schedulers: the piece between the gRPC layer and a model's runner.
 
-The gRPC layer sees one interface, ``ModelScheduler.submit(request, deadline) -> images``. Both
-kinds below queue through a ``DynamicBatcher`` (bounded queue, priorities, deadlines,
-cancellation, metrics) and differ in what one queued *unit* is:
+The gRPC layer sees one interface, ``ModelScheduler.submit(request, deadline) -> images``:
 
-- ``ImageBatchScheduler`` (one-pass samplers): a unit is one image. Images of several requests
-  share engine calls, and a request for many images may span several calls.
-- ``RequestScheduler`` (diffusion, until the step-level scheduler): a unit is a whole request,
-  run to completion on one engine instance; a cancelled request stops at its next engine call.
+- ``ImageBatchScheduler`` (one-pass samplers, here): a ``DynamicBatcher`` whose unit is one
+  image. Images of several requests share engine calls, and a request for many images may span
+  several calls.
+- ``diffusion.DiffusionScheduler`` (diffusion models): step-level batching of image slots.
 
-A request is validated before it queues, so a bad one is rejected at once.
+Both validate a request before it queues, so a bad one is rejected at once, and share the
+queue policy (bound, priorities, deadlines) of ``batcher.QueuePolicy``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import functools
-import threading
 from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 
 from genserve.serving.batcher import DynamicBatcher, Slice
-from genserve.serving.batching import BatchPolicy
 from genserve.serving.config import ModelSettings
 from genserve.serving.domain import GenerateRequest
 from genserve.serving.engines import Engine
@@ -38,19 +35,17 @@ class Runner(Protocol):
 
     def validate(self, request: GenerateRequest) -> object: ...
 
-    def generate(
-        self, request: GenerateRequest, cancelled: threading.Event | None = None, instance: int = 0
-    ) -> np.ndarray: ...
-
     def sample_images(self, seeds: np.ndarray, index: np.ndarray, instance: int = 0) -> np.ndarray: ...
 
 
 class ModelScheduler(Protocol):
-    batcher: DynamicBatcher
-
     async def submit(self, request: GenerateRequest, deadline: float | None = None) -> np.ndarray:
         """Run ``request`` to completion: uint8 images (N, H, W, C). ``deadline`` is a
         ``time.monotonic()`` time (the call's). Raises domain errors."""
+        ...
+
+    async def close(self) -> None:
+        """Stop scheduling (after the server has drained its calls)."""
         ...
 
 
@@ -76,25 +71,5 @@ class ImageBatchScheduler:
         self.runner.validate(request)
         return await self.batcher.submit(request, request.num_images, request.priority, deadline, request.timeout)
 
-
-class RequestScheduler:
-    def __init__(
-        self,
-        runner: Runner,
-        settings: ModelSettings,
-        executor: concurrent.futures.Executor,
-        metrics: ModelMetrics | None = None,
-    ):
-        self.runner = runner
-        computes = [functools.partial(self._compute, i) for i in range(len(runner.engines))]
-        policy = BatchPolicy(max_batch_size=1)  # one request per engine instance at a time
-        self.batcher = DynamicBatcher(runner.name, computes, policy, settings.queue_policy(), executor, metrics)
-
-    def _compute(self, instance: int, slices: Sequence[Slice]) -> np.ndarray:
-        (only,) = slices
-        return self.runner.generate(only.payload, only.cancelled, instance)[None]  # (1, N, H, W, C)
-
-    async def submit(self, request: GenerateRequest, deadline: float | None = None) -> np.ndarray:
-        self.runner.validate(request)
-        result = await self.batcher.submit(request, 1, request.priority, deadline, request.timeout)
-        return result[0]
+    async def close(self) -> None:
+        await self.batcher.close()

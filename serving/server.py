@@ -123,7 +123,7 @@ class GenserveServer:
             await self._server.stop(grace)
             log.info("stopped")
         for scheduler in self.registry.schedulers().values():
-            await scheduler.batcher.close()
+            await scheduler.close()
         self.metrics.close()
         # Calls cut at the end of the grace period stop at their next engine call; the interpreter
         # joins these threads at exit.
@@ -138,9 +138,13 @@ def check_settings(config: ServerConfig, runners: dict[str, ModelRunner]) -> Non
         for name in sorted(set(config.models) - set(runners))
     ]
     for name, runner in sorted(runners.items()):
-        if runner.manifest.kind is not ModelKind.DIFFUSION:  # diffusion runs request by request
-            settings, key = config.settings_for(name), config.key_of(name, "max_batch_size")
-            problems += settings.check_engine_limit(runner.engines[0].max_batch_size, name, key)
+        settings, key = config.settings_for(name), config.key_of(name, "max_batch_size")
+        problems += settings.check_engine_limit(runner.engines[0].max_batch_size, name, key)
+        if runner.manifest.kind is ModelKind.DIFFUSION and settings.instances != 1:
+            problems.append(
+                f"{config.key_of(name, 'instances')}: diffusion model {name} runs one step-level batch; "
+                f"set 1 (got {settings.instances})"
+            )
     if problems:
         raise ConfigError(problems, "model settings")
 

@@ -15,12 +15,13 @@ import grpc
 
 from genserve.serving import convert
 from genserve.serving.config import ServerConfig
+from genserve.serving.diffusion import DiffusionScheduler
 from genserve.serving.domain import ModelInfo
 from genserve.serving.errors import NotFound, Unavailable, status_name
 from genserve.serving.metrics import UNKNOWN_MODEL, Metrics
 from genserve.serving.pb import genserve_pb2_grpc
 from genserve.serving.runner import ModelRunner
-from genserve.serving.scheduler import ImageBatchScheduler, ModelScheduler, RequestScheduler
+from genserve.serving.scheduler import ImageBatchScheduler, ModelScheduler
 from genserve.signature import ModelKind
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class ModelRegistry:
     ) -> None:
         for name, runner in runners.items():
             self._infos[name] = ModelInfo.from_manifest(runner.manifest, runner.max_images)
-            kind = RequestScheduler if runner.manifest.kind is ModelKind.DIFFUSION else ImageBatchScheduler
+            kind = DiffusionScheduler if runner.manifest.kind is ModelKind.DIFFUSION else ImageBatchScheduler
             self._schedulers[name] = kind(runner, config.settings_for(name), executor, metrics.for_model(name))
         self.loaded = True
 
@@ -98,3 +99,38 @@ class GenerationServicer(genserve_pb2_grpc.GenerationServiceServicer):
         self._metrics.for_model(model).request_seconds.observe(seconds)
         log.debug("Generate model=%s n=%d seed=%d seconds=%.4f", model, req.num_images, req.seed, seconds)
         return response
+
+    async def GenerateStream(self, request, context: grpc.aio.ServicerContext):
+        started = time.perf_counter()
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        model, code = UNKNOWN_MODEL, "OK"
+        loop = asyncio.get_running_loop()
+        try:
+            req, encoding, preview_every = convert.generate_stream_request_from_proto(request)
+            scheduler = self._registry.scheduler(req.model)
+            model = req.model
+            if isinstance(scheduler, DiffusionScheduler):
+                async for event in scheduler.stream(req, deadline, preview_every):
+                    if event.images is None:
+                        yield convert.progress_to_proto(event.step, event.total, event.preview)
+                        continue
+                    result = await loop.run_in_executor(
+                        self._executor, convert.generate_response_to_proto, req.model, event.images, encoding
+                    )
+                    yield convert.progress_to_proto(event.step, event.total, result=result)
+            else:  # one pass: nothing to report before the images
+                images = await scheduler.submit(req, deadline)
+                result = await loop.run_in_executor(
+                    self._executor, convert.generate_response_to_proto, req.model, images, encoding
+                )
+                yield convert.progress_to_proto(1, 1, result=result)
+        except (asyncio.CancelledError, GeneratorExit):
+            code = "DEADLINE_EXCEEDED" if deadline is not None and time.monotonic() >= deadline else "CANCELLED"
+            raise
+        except Exception as exc:
+            code = status_name(exc)
+            raise
+        finally:
+            self._metrics.count_request(model, code)
+        self._metrics.for_model(model).request_seconds.observe(time.perf_counter() - started)

@@ -1,6 +1,10 @@
 """DCGAN training (Radford et al. 2016): non-saturating GAN loss, Adam(2e-4, β1 = 0.5).
 
-Two additions that any GAN served in production gets:
+Three additions to the paper's recipe, all outside the networks:
+- differentiable augmentation (DiffAugment, Zhao et al. 2020): the discriminator sees every
+  real and generated batch randomly translated and cut out, the same transforms on both sides,
+  with gradients flowing through them to the generator. With 4,000 training digits the
+  discriminator otherwise memorises the real set and the generator's strokes stay broken;
 - an exponential moving average of the generator's weights (Yazıcı et al. 2019), whose
   BatchNorm statistics are re-estimated from its own activations before it is saved
   (averaged weights with the live generator's running statistics do not match);
@@ -41,10 +45,8 @@ SNAPSHOTS = "snapshots"
 
 @dataclass
 class DCGANTrainConfig:
-    # A generator twice as wide as the discriminator: at 64 features (0.76M parameters) its
-    # strokes stayed broken (65% of samples confidently classified after 4,000 steps).
-    net: DCGANConfig = field(default_factory=lambda: DCGANConfig(gen_features=128))
-    steps: int = 12000
+    net: DCGANConfig = field(default_factory=DCGANConfig)
+    steps: int = 15000
     batch_size: int = 64
     lr: float = 2e-4
     beta1: float = 0.5
@@ -55,6 +57,7 @@ class DCGANTrainConfig:
     eval_every: int = 1000
     eval_samples: int = 1000
     fid_slack: float = 1.25
+    augment: bool = True  # DiffAugment (translation + cutout) on both sides of the discriminator
 
 
 def train_dcgan(out: Path, config: DCGANTrainConfig) -> Path:
@@ -77,15 +80,16 @@ def train_dcgan(out: Path, config: DCGANTrainConfig) -> Path:
         z = torch.randn(len(real), config.net.latent_dim, generator=generator_rng)
         fake = gen(z)
         ones, zeros = torch.ones(len(real)), torch.zeros(len(real))
+        aug = (lambda x: diff_augment(x, generator_rng)) if config.augment else (lambda x: x)
 
-        loss_d = F.binary_cross_entropy_with_logits(disc(real), ones) + F.binary_cross_entropy_with_logits(
-            disc(fake.detach()), zeros
+        loss_d = F.binary_cross_entropy_with_logits(disc(aug(real)), ones) + F.binary_cross_entropy_with_logits(
+            disc(aug(fake.detach())), zeros
         )
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
 
-        loss_g = F.binary_cross_entropy_with_logits(disc(fake), ones)  # non-saturating: max log D(G(z))
+        loss_g = F.binary_cross_entropy_with_logits(disc(aug(fake)), ones)  # non-saturating: max log D(G(z))
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
@@ -106,6 +110,33 @@ def train_dcgan(out: Path, config: DCGANTrainConfig) -> Path:
     bar.close()
     _select(out, config, time.time() - t0)
     return out
+
+
+BACKGROUND = -1.0  # black in the model's [-1, 1] range: what translation and cutout fill in
+
+
+def diff_augment(x: torch.Tensor, rng: torch.Generator, shift: float = 0.125, cut: float = 0.25) -> torch.Tensor:
+    """DiffAugment's translation and cutout policies for (B, C, H, W) digits, differentiable in x.
+
+    Each image moves by up to ``shift`` of its size in each direction and loses one square of
+    ``cut`` of its size, both filled with background."""
+    b, _, h, w = x.shape
+    sy, sx = int(h * shift + 0.5), int(w * shift + 0.5)
+    dy = torch.randint(-sy, sy + 1, (b, 1, 1), generator=rng)
+    dx = torch.randint(-sx, sx + 1, (b, 1, 1), generator=rng)
+    ys = torch.arange(h)[None, :, None] - dy  # (B, H, 1): source row of each output row
+    xs = torch.arange(w)[None, None, :] - dx  # (B, 1, W)
+    inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)  # (B, H, W)
+    src = ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)  # (B, H, W) flat source index
+    flat = x.flatten(2)  # (B, C, H*W)
+    moved = flat.gather(2, src.flatten(1)[:, None, :].expand(-1, x.shape[1], -1)).view_as(x)
+    ch, cw = int(h * cut + 0.5), int(w * cut + 0.5)
+    cy = torch.randint(0, h + (1 - ch % 2), (b, 1, 1), generator=rng)
+    cx = torch.randint(0, w + (1 - cw % 2), (b, 1, 1), generator=rng)
+    rows, cols = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+    cutout = ((rows - cy).abs() < ch // 2 + 1) & ((cols - cx).abs() < cw // 2 + 1)  # (B, H, W)
+    keep = (inside & ~cutout)[:, None]  # (B, 1, H, W)
+    return torch.where(keep, moved, torch.full_like(moved, BACKGROUND))
 
 
 @torch.no_grad()

@@ -130,6 +130,26 @@ class GenerateRequest(_message.Message):
     priority: int
     def __init__(self, model: _Optional[str] = ..., num_images: _Optional[int] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., eta: _Optional[float] = ..., encoding: _Optional[_Union[ImageEncoding, str]] = ..., timeout_ms: _Optional[int] = ..., priority: _Optional[int] = ...) -> None: ...
 
+class GenerateStreamRequest(_message.Message):
+    __slots__ = ("request", "preview_every")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_EVERY_FIELD_NUMBER: _ClassVar[int]
+    request: GenerateRequest
+    preview_every: int
+    def __init__(self, request: _Optional[_Union[GenerateRequest, _Mapping]] = ..., preview_every: _Optional[int] = ...) -> None: ...
+
+class GenerateProgress(_message.Message):
+    __slots__ = ("step", "total_steps", "previews", "result")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    PREVIEWS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    total_steps: int
+    previews: _containers.RepeatedCompositeFieldContainer[Tensor]
+    result: GenerateResponse
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., previews: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., result: _Optional[_Union[GenerateResponse, _Mapping]] = ...) -> None: ...
+
 class GenerateResponse(_message.Message):
     __slots__ = ("model", "images")
     MODEL_FIELD_NUMBER: _ClassVar[int]

@@ -51,6 +51,11 @@ class GenerationServiceStub:
                 request_serializer=genserve_dot_v1_dot_genserve__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=genserve_dot_v1_dot_genserve__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.GenerateStream = channel.unary_stream(
+                '/genserve.v1.GenerationService/GenerateStream',
+                request_serializer=genserve_dot_v1_dot_genserve__pb2.GenerateStreamRequest.SerializeToString,
+                response_deserializer=genserve_dot_v1_dot_genserve__pb2.GenerateProgress.FromString,
+                _registered_method=True)
 
 
 class GenerationServiceServicer:
@@ -77,6 +82,15 @@ class GenerationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GenerateStream(self, request, context):
+        """Generate with progress: for diffusion models a message each step (optionally with
+        low-resolution previews), then one with the images; for one-pass models just the
+        last one. Cancelling the call stops the request's work within one step.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GenerationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +103,11 @@ def add_GenerationServiceServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=genserve_dot_v1_dot_genserve__pb2.GenerateRequest.FromString,
                     response_serializer=genserve_dot_v1_dot_genserve__pb2.GenerateResponse.SerializeToString,
+            ),
+            'GenerateStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.GenerateStream,
+                    request_deserializer=genserve_dot_v1_dot_genserve__pb2.GenerateStreamRequest.FromString,
+                    response_serializer=genserve_dot_v1_dot_genserve__pb2.GenerateProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -152,6 +171,33 @@ class GenerationService:
             '/genserve.v1.GenerationService/Generate',
             genserve_dot_v1_dot_genserve__pb2.GenerateRequest.SerializeToString,
             genserve_dot_v1_dot_genserve__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/genserve.v1.GenerationService/GenerateStream',
+            genserve_dot_v1_dot_genserve__pb2.GenerateStreamRequest.SerializeToString,
+            genserve_dot_v1_dot_genserve__pb2.GenerateProgress.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,8 +1,8 @@
 """Queueing behaviour of a real ``genserve serve`` process: batching across callers, queue full,
 deadlines before compute, cancellation, priorities, metrics and bad configuration.
 
-``ddpm-tiny`` runs request by request, so one long request holds its only engine instance
-while the test queues others behind it; the Prometheus endpoint tells the test when they are
+``ddpm-tiny`` served with one slot (``--max-batch-size 1``) is held by one long request while
+the test queues others behind it; the Prometheus endpoint tells the test when they are
 queued and whether they ever reached the engine."""
 
 from __future__ import annotations
@@ -58,9 +58,11 @@ class Calls:
 
 @pytest.fixture
 def busy_ddpm(start_server):
-    """A server whose ddpm-tiny instance is busy with a long request; yields (server, calls, busy call)."""
+    """A server whose ddpm-tiny has one slot (``--max-batch-size 1``), busy with a long request;
+    yields (server, calls, busy call). Later requests queue behind it."""
 
     def start(*args: str, models: Path | None = None):
+        args = ("--max-batch-size", "1", *args)
         server = start_server(*args, metrics=True, **({"models": models} if models else {})).wait_until_serving()
         calls = Calls(server.target)
         busy = calls.start(DDPM, 1, seed=0, steps=LONG_STEPS)
@@ -118,8 +120,8 @@ def test_a_request_whose_timeout_passes_in_the_queue_gets_deadline_exceeded_and_
     assert "it was not run" in error.value.details()
     busy.cancel()
     wait_metric(server, "genserve_pending_requests", DDPM, 0.0)
-    # Only the long request ever reached the engine.
-    assert metric(server, "genserve_computed_units_total", DDPM) == 0.0  # it was cancelled, so it never finished
+    # A request's queue time is observed when it starts: only the long request ever started.
+    assert metric(server, "genserve_queue_duration_seconds_count", DDPM) == 1.0
     assert 'code="DEADLINE_EXCEEDED"' in server.scrape_metrics()
 
 
@@ -133,7 +135,8 @@ def test_a_call_whose_grpc_deadline_passes_in_the_queue_leaves_it_and_never_runs
     after = calls.start(DDPM, 1, seed=2, steps=2)
     busy.cancel()
     assert after.result(timeout=60).model == DDPM
-    assert metric(server, "genserve_computed_units_total", DDPM) == 1.0  # `after` only: `short` never ran
+    # Requests that started: the long one and `after`; `short` never did.
+    assert metric(server, "genserve_queue_duration_seconds_count", DDPM) == 2.0
 
 
 def test_a_cancelled_call_leaves_the_queue_at_once(busy_ddpm):

@@ -1,0 +1,378 @@
+"""The step-level diffusion scheduler: one running batch of slots per model, one engine call per
+step for every active slot, joins and leaves at every step boundary (``stepping.plan_iteration``).
+
+Slots live in preallocated arrays (row i = slot i): the current images ``x``, and per slot its
+seed, image index, steps done, timestep and sampler coefficients. Each iteration fills the
+timestep and coefficient rows, draws the step's noise from the counter-based generator keyed by
+(seed, image index, step), and makes one engine call on the first ``n`` rows; slots that leave
+are swap-removed, so the active rows stay contiguous. An image therefore depends only on its own
+(seed, index, schedule): never on the batch it ran in.
+
+Admission, priorities, deadlines and cancellation behave as in the one-pass batcher
+(``batcher.QueuePolicy``); results return the moment a request's last image finishes, and a
+cancelled or expired request frees its slots at the next step boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from genserve import images, noise
+from genserve.serving.batcher import QueuePolicy, deadline_error
+from genserve.serving.batching import Pending
+from genserve.serving.config import ModelSettings
+from genserve.serving.domain import GenerateRequest
+from genserve.serving.errors import DeadlineExceeded, InternalError, ServingError
+from genserve.serving.metrics import Metrics, ModelMetrics
+from genserve.serving.runner import DiffusionPlan, ModelRunner
+from genserve.serving.stepping import JoinPolicy, Slot, plan_iteration
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One event of a streamed request: steps done of ``total`` (the mean over its images),
+    an optional low-resolution preview, or, last, the finished images."""
+
+    step: int
+    total: int
+    preview: np.ndarray | None = None  # uint8 (N, h, w, C) of the images running now
+    images: np.ndarray | None = None  # uint8 (N, H, W, C), on the final event only
+
+
+@dataclass(eq=False)
+class _Request:
+    id: int
+    request: GenerateRequest
+    plan: DiffusionPlan
+    priority: int
+    arrival: float
+    deadline: float | None
+    future: asyncio.Future
+    out: np.ndarray  # float32 (N, C, H, W), filled as images finish
+    next_image: int = 0
+    done_images: int = 0
+    steps_done: int = 0  # summed over its images
+    events: asyncio.Queue | None = None  # Progress events, for streamed requests
+    preview_every: int = 0
+    last_reported: int = -1
+    cancelled: bool = False
+
+    @property
+    def num_images(self) -> int:
+        return self.request.num_images
+
+    @property
+    def steps(self) -> int:
+        return len(self.plan.timesteps)
+
+    def pending(self) -> Pending:
+        return Pending(self.id, self.num_images - self.next_image, self.priority, self.arrival, self.deadline)
+
+
+@dataclass(eq=False)
+class _SlotRef:
+    request: _Request
+    image: int
+    step: int = 0
+
+
+@dataclass
+class _Buffers:
+    """Row i holds slot i; only the first ``n`` rows are live."""
+
+    x: np.ndarray  # (S, C, H, W) float32
+    t: np.ndarray  # (S,) int64
+    coef: np.ndarray  # (S, 6) float32
+    seed: np.ndarray  # (S,) int64
+    index: np.ndarray  # (S,) int64
+    step: np.ndarray  # (S,) int64: steps done
+    arrays: tuple[np.ndarray, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.arrays = (self.x, self.t, self.coef, self.seed, self.index, self.step)
+
+    def move(self, src: int, dst: int) -> None:
+        for a in self.arrays:
+            a[dst] = a[src]
+
+
+class DiffusionScheduler:
+    def __init__(
+        self,
+        runner: ModelRunner,
+        settings: ModelSettings,
+        executor: concurrent.futures.Executor,
+        metrics: ModelMetrics | None = None,
+        join: JoinPolicy | None = None,
+        clock=time.monotonic,
+    ):
+        self.runner = runner
+        self.name = runner.name
+        self.engine = runner.engines[0]
+        self.max_slots = settings.max_batch_size or self.engine.max_batch_size
+        self.join = join or JoinPolicy(settings.diffusion_batching)
+        self.queue_policy: QueuePolicy = settings.queue_policy()
+        self._executor = executor
+        self._metrics = metrics or Metrics().for_model(self.name)
+        self._clock = clock
+        shape = runner.manifest.image_shape
+        s = self.max_slots
+        self._buf = _Buffers(
+            x=np.zeros((s, *shape), np.float32),
+            t=np.zeros(s, np.int64),
+            coef=np.zeros((s, 6), np.float32),
+            seed=np.zeros(s, np.int64),
+            index=np.zeros(s, np.int64),
+            step=np.zeros(s, np.int64),
+        )
+        self._shape = shape
+        self._slots: list[_SlotRef] = []
+        self._waiting: dict[int, _Request] = {}
+        self._cancelled: set[int] = set()  # running requests whose callers left
+        self._ids = itertools.count()
+        self._pending = 0
+        self._wake: asyncio.Event | None = None
+        self._loop_task: asyncio.Task | None = None
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def active_slots(self) -> int:
+        return len(self._slots)
+
+    async def submit(self, request: GenerateRequest, deadline: float | None = None) -> np.ndarray:
+        """Run ``request`` to completion: uint8 images (N, H, W, C)."""
+        entry = self._accept(request, deadline)
+        try:
+            return await entry.future
+        except asyncio.CancelledError:
+            self._cancel(entry)
+            raise
+        finally:
+            self._finish(entry)
+
+    async def stream(
+        self, request: GenerateRequest, deadline: float | None = None, preview_every: int = 0
+    ) -> AsyncIterator[Progress]:
+        """Progress events while ``request`` runs, then one with the images. Closing the iterator
+        (the client cancelled the stream) frees the request's slots at the next step boundary."""
+        entry = self._accept(request, deadline, events=asyncio.Queue(), preview_every=preview_every)
+        getter: asyncio.Future | None = None
+        try:
+            while True:
+                getter = asyncio.ensure_future(entry.events.get())
+                await asyncio.wait({getter, entry.future}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield getter.result()
+                    continue
+                while not entry.events.empty():
+                    yield entry.events.get_nowait()
+                result = entry.future.result()  # raises the request's error
+                yield Progress(entry.steps, entry.steps, images=result)
+                return
+        finally:
+            if getter is not None:
+                getter.cancel()
+            if not entry.future.done():
+                self._cancel(entry)
+                entry.future.cancel()
+            self._finish(entry)
+
+    async def close(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+            self._loop_task = None
+
+    # --- admission -------------------------------------------------------------------------
+
+    def _accept(
+        self, request: GenerateRequest, deadline: float | None, events: asyncio.Queue | None = None, preview_every=0
+    ) -> _Request:
+        plan = self.runner.validate(request)
+        level = self.queue_policy.admit(self.name, len(self._waiting), request.priority)
+        now = self._clock()
+        entry = _Request(
+            id=next(self._ids),
+            request=request,
+            plan=plan,
+            priority=level,
+            arrival=now,
+            deadline=self.queue_policy.deadline(now, deadline, request.timeout),
+            future=asyncio.get_running_loop().create_future(),
+            out=np.empty((request.num_images, *self._shape), np.float32),
+            events=events,
+            preview_every=preview_every,
+        )
+        if self._loop_task is None:
+            self._wake = asyncio.Event()
+            self._loop_task = asyncio.create_task(self._run_loop(), name=f"diffusion-{self.name}")
+        self._waiting[entry.id] = entry
+        self._pending += 1
+        self._metrics.pending.inc()
+        self._metrics.queued.set(len(self._waiting))
+        self._wake.set()
+        return entry
+
+    def _cancel(self, entry: _Request) -> None:
+        entry.cancelled = True
+        if self._waiting.pop(entry.id, None) is not None:
+            self._metrics.queued.set(len(self._waiting))
+        if entry.next_image > 0:
+            self._cancelled.add(entry.id)  # its running slots leave at the next step boundary
+        self._wake.set()
+
+    def _finish(self, entry: _Request) -> None:
+        self._pending -= 1
+        self._metrics.pending.dec()
+
+    # --- the loop --------------------------------------------------------------------------
+
+    async def _run_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._wake.clear()
+            now = self._clock()
+            self._apply(now)
+            n = len(self._slots)
+            if n == 0:
+                plan_wake = min((e.deadline for e in self._waiting.values() if e.deadline is not None), default=None)
+                timeout = None if plan_wake is None else max(0.0, plan_wake - now)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                continue
+            for i, ref in enumerate(self._slots):  # this step's timestep and coefficients, per slot
+                self._buf.t[i] = ref.request.plan.timesteps[ref.step]
+                self._buf.coef[i] = ref.request.plan.coefs[ref.step]
+            started = time.perf_counter()
+            try:
+                await loop.run_in_executor(self._executor, self._step, n)
+            except Exception as exc:
+                self._fail_running(exc)
+                continue
+            self._metrics.compute_seconds.observe(time.perf_counter() - started)
+            self._metrics.batch_size.observe(n)
+            self._metrics.units.inc(n)
+            self._buf.step[:n] += 1
+            for ref in self._slots:
+                ref.step += 1
+                ref.request.steps_done += 1
+            self._report_progress()
+
+    def _step(self, n: int) -> None:
+        """One engine call for the first ``n`` slots (worker thread; the loop waits for it)."""
+        b = self._buf
+        z = noise.gaussian(b.seed[:n], b.index[:n], b.step[:n] + 1, self._shape)  # iteration k draws step k + 1
+        feeds = {"x": b.x[:n], "t": b.t[:n], "coef": b.coef[:n], "noise": z}
+        b.x[:n] = self.engine.run(feeds)["x_prev"]
+
+    def _apply(self, now: float) -> None:
+        """Carry out this step boundary's plan: finished and dropped slots leave, waiting images join."""
+        slots = [Slot(r.request.id, r.image, r.step, r.request.steps, r.request.deadline) for r in self._slots]
+        plan = plan_iteration(
+            slots, [e.pending() for e in self._waiting.values()], self._cancelled, self.max_slots, now, self.join
+        )
+        running = {r.request.id: r.request for r in self._slots}
+        for request_id in plan.expired:
+            entry = self._waiting.pop(request_id, None)
+            if request_id in running:
+                entry = running[request_id]
+                error = DeadlineExceeded(
+                    f"the request's deadline passed after {now - entry.arrival:.3f} s, while sampling "
+                    f"({entry.steps_done // entry.num_images} of {entry.steps} steps done); its work was dropped"
+                )
+            else:
+                error = deadline_error(self.name, now - entry.arrival)
+            if not entry.future.done():
+                entry.future.set_exception(error)
+        for i in plan.finished:
+            ref = self._slots[i]
+            ref.request.out[ref.image] = self._buf.x[i]
+            ref.request.done_images += 1
+            if ref.request.done_images == ref.request.num_images and not ref.request.future.done():
+                ref.request.future.set_result(images.to_uint8(ref.request.out))
+        for i in sorted(plan.finished + plan.dropped, reverse=True):  # swap-remove, highest first
+            last = len(self._slots) - 1
+            if i != last:
+                self._buf.move(last, i)
+                self._slots[i] = self._slots[last]
+            self._slots.pop()
+        self._cancelled &= {r.request.id for r in self._slots}
+        for take in plan.joins:
+            entry = self._waiting[take.id]
+            if entry.next_image == 0:
+                self._metrics.queue_seconds.observe(now - entry.arrival)
+            first = entry.next_image
+            entry.next_image += take.units
+            if entry.next_image == entry.num_images:
+                del self._waiting[take.id]
+            self._join(entry, range(first, entry.next_image))
+        if plan.joins:
+            log.debug(
+                "model=%s running batch of %d slots after %d joined", self.name, len(self._slots), len(plan.joins)
+            )
+        self._metrics.queued.set(len(self._waiting))
+
+    def _join(self, entry: _Request, image_indices: range) -> None:
+        n, k = len(self._slots), len(image_indices)
+        b = self._buf
+        idx = np.asarray(image_indices, dtype=np.int64)
+        seeds = np.full(k, entry.request.seed, dtype=np.int64)
+        b.x[n : n + k] = noise.gaussian(seeds, idx, np.full(k, noise.INITIAL_STEP), self._shape)
+        b.seed[n : n + k] = entry.request.seed
+        b.index[n : n + k] = idx
+        b.step[n : n + k] = 0
+        self._slots.extend(_SlotRef(entry, int(i)) for i in image_indices)
+
+    def _fail_running(self, exc: Exception) -> None:
+        if not isinstance(exc, ServingError):
+            log.error("model=%s step of %d slots failed", self.name, len(self._slots), exc_info=exc)
+            exc = InternalError(f"model {self.name} failed to run a step ({type(exc).__name__}); see the server log")
+        for ref in self._slots:
+            if not ref.request.future.done():
+                ref.request.future.set_exception(exc)
+            self._waiting.pop(ref.request.id, None)
+        self._slots.clear()
+        self._cancelled.clear()
+
+    def _report_progress(self) -> None:
+        seen = set()
+        for ref in self._slots:
+            entry = ref.request
+            if entry.events is None or entry.id in seen:
+                continue
+            seen.add(entry.id)
+            step = entry.steps_done // entry.num_images
+            if step == entry.last_reported or step >= entry.steps:
+                continue
+            entry.last_reported = step
+            preview = None
+            if entry.preview_every and step % entry.preview_every == 0:
+                rows = [i for i, r in enumerate(self._slots) if r.request is entry]
+                preview = _preview(self._buf.x[rows])
+            entry.events.put_nowait(Progress(step, entry.steps, preview=preview))
+
+
+def _preview(x: np.ndarray) -> np.ndarray:
+    """Current images at half resolution (2×2 mean), uint8 (N, h, w, C): cheap to send every few steps."""
+    n, c, h, w = x.shape
+    x = np.clip(x[:, :, : h - h % 2, : w - w % 2], -1.0, 1.0)
+    pooled = x.reshape(n, c, h // 2, 2, w // 2, 2).mean(axis=(3, 5))
+    return images.to_uint8(pooled)
