@@ -230,7 +230,7 @@ def _bench_load(args: argparse.Namespace) -> int:
             rate=args.rate,
             duration=args.duration,
             num_images=args.num_images,
-            steps=args.steps,
+            steps=None if not args.steps else args.steps[0] if len(args.steps) == 1 else tuple(args.steps),
             timeout_ms=args.timeout_ms,
             priority=args.priority,
             warmup=args.warmup,
@@ -378,7 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--duration", type=float, required=True, metavar="S", help="seconds of measured load, after the warmup"
     )
     p.add_argument("-n", "--num-images", type=int, default=1, metavar="K", help="images per request (default 1)")
-    p.add_argument("--steps", type=int, metavar="K", help="diffusion steps (default: the model's)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        metavar="K",
+        help="diffusion steps; several are used in turn (default: the model's)",
+    )
     p.add_argument("--timeout-ms", type=float, metavar="T", help="server-side deadline of each request (default none)")
     p.add_argument(
         "--priority", type=int, default=0, metavar="P", help="queue priority level, 1 = first (default 0: the model's)"

@@ -59,7 +59,7 @@ class LoadSpec:
     rate: float | None = None
     duration: float  # s of measured window (sending), after the warmup
     num_images: int = 1
-    steps: int | None = None
+    steps: int | tuple[int, ...] | None = None  # several: request i uses steps[i % len(steps)]
     timeout_ms: float | None = None  # server-side deadline of each request; None = none
     priority: int = 0  # 0 = the model's default level
     warmup: float = 1.0  # s of uncounted load before the window
@@ -258,7 +258,7 @@ class _Runner:
             self.spec.model,
             self.spec.num_images,
             seed=i,  # a different seed each request: no server could answer from a cache
-            steps=self.spec.steps,
+            steps=self.spec.steps[i % len(self.spec.steps)] if isinstance(self.spec.steps, tuple) else self.spec.steps,
             priority=self.spec.priority,
             timeout=self.spec.timeout_ms / 1000 if self.spec.timeout_ms is not None else None,
         )

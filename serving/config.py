@@ -60,7 +60,7 @@ class ModelSettings:
     priority_levels: int = 1
     default_priority: int = 1
     default_timeout_ms: float | None = None  # for requests without a deadline; None = none
-    instances: int = 1  # engines run concurrently (separate sessions); 1 for diffusion models
+    instances: int = 1  # engines run concurrently (separate sessions); one-pass models only
     intra_op_threads: int = 0  # threads per engine; 0 = cores / instances
     diffusion_batching: str = "step"  # diffusion: "step" (join at every step) or "request" (baseline)
 

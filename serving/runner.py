@@ -173,10 +173,12 @@ def load_repository(
     threads); fails on the first broken folder."""
     runners = {}
     for folder in discover(models_dir):
-        name = Manifest.load(folder).name
-        s = settings(name) if settings else ModelSettings()
-        threads = s.intra_op_threads or max(1, (os.cpu_count() or 1) // s.instances)
-        runner = ModelRunner(folder, backend, instances=s.instances, intra_op_threads=threads)
+        manifest = Manifest.load(folder)
+        s = settings(manifest.name) if settings else ModelSettings()
+        # A diffusion model runs one step-level batch, on one engine, whatever `instances` says.
+        instances = 1 if manifest.kind is ModelKind.DIFFUSION else s.instances
+        threads = s.intra_op_threads or max(1, (os.cpu_count() or 1) // instances)
+        runner = ModelRunner(folder, backend, instances=instances, intra_op_threads=threads)
         if runner.name in runners:
             raise ValueError(f"two model folders declare the name {runner.name!r}")
         runners[runner.name] = runner
@@ -185,7 +187,7 @@ def load_repository(
             runner.name,
             runner.manifest.kind.value,
             folder,
-            s.instances,
+            instances,
             threads,
         )
     return runners

@@ -24,7 +24,6 @@ from genserve.serving.metrics import Metrics
 from genserve.serving.pb import genserve_pb2_grpc
 from genserve.serving.runner import ModelRunner, load_repository
 from genserve.serving.servicer import GenerationServicer, ModelRegistry
-from genserve.signature import ModelKind
 
 __all__ = ["GenserveServer", "ServerConfig", "StartupError", "run", "serve"]
 
@@ -140,11 +139,6 @@ def check_settings(config: ServerConfig, runners: dict[str, ModelRunner]) -> Non
     for name, runner in sorted(runners.items()):
         settings, key = config.settings_for(name), config.key_of(name, "max_batch_size")
         problems += settings.check_engine_limit(runner.engines[0].max_batch_size, name, key)
-        if runner.manifest.kind is ModelKind.DIFFUSION and settings.instances != 1:
-            problems.append(
-                f"{config.key_of(name, 'instances')}: diffusion model {name} runs one step-level batch; "
-                f"set 1 (got {settings.instances})"
-            )
     if problems:
         raise ConfigError(problems, "model settings")
 

@@ -83,10 +83,7 @@ class GenerationServicer(genserve_pb2_grpc.GenerationServiceServicer):
             scheduler = self._registry.scheduler(req.model)
             model = req.model
             images = await scheduler.submit(req, deadline)
-            loop = asyncio.get_running_loop()
-            response = await loop.run_in_executor(
-                self._executor, convert.generate_response_to_proto, req.model, images, encoding
-            )
+            response = await self._encode(req.model, images, encoding)
         except asyncio.CancelledError:
             code = "DEADLINE_EXCEEDED" if deadline is not None and time.monotonic() >= deadline else "CANCELLED"
             raise
@@ -100,12 +97,19 @@ class GenerationServicer(genserve_pb2_grpc.GenerationServiceServicer):
         log.debug("Generate model=%s n=%d seed=%d seconds=%.4f", model, req.num_images, req.seed, seconds)
         return response
 
+    async def _encode(self, model: str, images, encoding: convert.ImageEncoding):
+        """The response message. PNG encoding is CPU work for a worker thread; raw tensors are a
+        copy of bytes, cheaper inline than the hop to a thread and back."""
+        if not encoding.png:
+            return convert.generate_response_to_proto(model, images, encoding)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, convert.generate_response_to_proto, model, images, encoding)
+
     async def GenerateStream(self, request, context: grpc.aio.ServicerContext):
         started = time.perf_counter()
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         model, code = UNKNOWN_MODEL, "OK"
-        loop = asyncio.get_running_loop()
         try:
             req, encoding, preview_every = convert.generate_stream_request_from_proto(request)
             scheduler = self._registry.scheduler(req.model)
@@ -115,16 +119,11 @@ class GenerationServicer(genserve_pb2_grpc.GenerationServiceServicer):
                     if event.images is None:
                         yield convert.progress_to_proto(event.step, event.total, event.preview)
                         continue
-                    result = await loop.run_in_executor(
-                        self._executor, convert.generate_response_to_proto, req.model, event.images, encoding
-                    )
+                    result = await self._encode(req.model, event.images, encoding)
                     yield convert.progress_to_proto(event.step, event.total, result=result)
             else:  # one pass: nothing to report before the images
                 images = await scheduler.submit(req, deadline)
-                result = await loop.run_in_executor(
-                    self._executor, convert.generate_response_to_proto, req.model, images, encoding
-                )
-                yield convert.progress_to_proto(1, 1, result=result)
+                yield convert.progress_to_proto(1, 1, result=await self._encode(req.model, images, encoding))
         except (asyncio.CancelledError, GeneratorExit):
             code = "DEADLINE_EXCEEDED" if deadline is not None and time.monotonic() >= deadline else "CANCELLED"
             raise
