@@ -1,4 +1,5 @@
-"""The gRPC server: GenerationService, grpc.health.v1 and reflection on one ``grpc.aio`` server.
+"""The gRPC server: GenerationService, KServe v2 (``kserve``), grpc.health.v1 and reflection on one
+``grpc.aio`` server.
 
 Lifecycle: bind and start with health NOT_SERVING; load every model folder (any failure stops
 the server with ``StartupError``, never half a repository); health SERVING; on SIGTERM or SIGINT
@@ -17,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from genserve.serving import convert
+from genserve.serving import convert, kserve
 from genserve.serving.config import ConfigError, ServerConfig
 from genserve.serving.interceptors import ErrorInterceptor
 from genserve.serving.metrics import Metrics
@@ -30,7 +31,7 @@ __all__ = ["GenserveServer", "ServerConfig", "StartupError", "run", "serve"]
 log = logging.getLogger(__name__)
 
 # Services whose health follows the model repository: "" is the server as a whole.
-HEALTH_SERVICES = ("", convert.SERVICE_NAME)
+HEALTH_SERVICES = ("", convert.SERVICE_NAME, kserve.SERVICE_NAME)
 CORE_PENDING_CALLS = 20_000  # calls gRPC core may hold before the event loop takes them
 
 
@@ -69,9 +70,10 @@ class GenserveServer:
         genserve_pb2_grpc.add_GenerationServiceServicer_to_server(
             GenerationServicer(self.registry, self._executor, self.metrics), server
         )
+        kserve.add_to_server(kserve.InferenceServicer(self.registry, self.config), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            [convert.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+            [convert.SERVICE_NAME, kserve.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
         for service in HEALTH_SERVICES:
             await self.health.set(service, convert.health_status(serving=False))
