@@ -30,6 +30,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--steps", type=int, help="diffusion steps (default: the model's, 1000 for ddpm-mnist)")
     parser.add_argument("--json", type=Path, default=RESULTS / "quality.json")
+    parser.add_argument("--keep", type=Path, help="also keep each model's samples as DIR/<model>.npy")
     args = parser.parse_args()
 
     evaluator = Evaluator()
@@ -48,6 +49,9 @@ def main() -> int:
                 subprocess.run(cmd, check=True)
                 seconds = time.monotonic() - t0
                 samples = np.load(out)
+                if args.keep:
+                    args.keep.mkdir(parents=True, exist_ok=True)
+                    np.save(args.keep / f"{name}.npy", samples)
             report = evaluator.evaluate(samples).to_dict()
             limit = THRESHOLDS.get(name)
             passed = (

@@ -52,7 +52,9 @@ def _wait_for_metric(server, line: str, timeout: float = 30.0) -> None:
 
 def test_sigterm_reports_not_serving_refuses_new_calls_and_lets_running_and_queued_calls_finish(start_server):
     grace = 30.0
-    server = start_server("--grace-period", str(grace), metrics=True, verbose=True).wait_until_serving()
+    # Two diffusion slots, both taken by the first call, so the second one queues.
+    server = start_server("--grace-period", str(grace), "--max-batch-size", "2", metrics=True, verbose=True)
+    server.wait_until_serving()
     with grpc.insecure_channel(server.target) as channel:
         watch = health_pb2_grpc.HealthStub(channel).Watch(convert.health_check_request(""), timeout=60)
         assert convert.health_status_name(next(watch)) == "SERVING"
