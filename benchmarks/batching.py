@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.serverproc import start_server
+from genserve import images
 from genserve.loadgen import LoadSpec, run_load
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -75,27 +76,20 @@ def measure(flags: list[str], duration: float) -> dict:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(result["configs"])
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    axes[0].bar(names, [result["configs"][n]["c32"]["throughput"] for n in names])
-    axes[0].set_title("throughput at concurrency 32 (req/s)")
-    axes[1].bar(names, [result["configs"][n]["c1"]["latency_p99"] * 1e3 for n in names])
-    axes[1].set_title("p99 latency at concurrency 1 (ms)")
-    for ax in axes[:2]:
-        ax.tick_params(axis="x", rotation=20)
-    eng = result["engine_scaling"]
-    axes[2].plot([r["batch_size"] for r in eng], [r["images_per_s"] for r in eng], "o-")
-    axes[2].set_xscale("log", base=2)
-    axes[2].set_title("bare engine: images/s by batch size")
-    axes[2].set_xlabel("batch size")
-    fig.suptitle(f"{MODEL}: dynamic batching, {result['machine']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with images.saved_figure(path, 1, 3, figsize=(14, 4)) as (fig, axes):
+        axes[0].bar(names, [result["configs"][n]["c32"]["throughput"] for n in names])
+        axes[0].set_title("throughput at concurrency 32 (req/s)")
+        axes[1].bar(names, [result["configs"][n]["c1"]["latency_p99"] * 1e3 for n in names])
+        axes[1].set_title("p99 latency at concurrency 1 (ms)")
+        for ax in axes[:2]:
+            ax.tick_params(axis="x", rotation=20)
+        eng = result["engine_scaling"]
+        axes[2].plot([r["batch_size"] for r in eng], [r["images_per_s"] for r in eng], "o-")
+        axes[2].set_xscale("log", base=2)
+        axes[2].set_title("bare engine: images/s by batch size")
+        axes[2].set_xlabel("batch size")
+        fig.suptitle(f"{MODEL}: dynamic batching, {result['machine']}")
 
 
 def main() -> None:

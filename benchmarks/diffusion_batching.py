@@ -17,6 +17,7 @@ import platform
 from pathlib import Path
 
 from benchmarks.serverproc import start_server
+from genserve import images
 from genserve.loadgen import LoadSpec, run_load
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -110,22 +111,15 @@ def main() -> None:
 
 
 def plot(runs: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for mode, report in runs.items():
-        ok = [r for r in report.records if r.status == "OK"]
-        ax.scatter([r.sent for r in ok], [r.latency for r in ok], s=6, label=f"{mode}-level")
-    ax.set_xlabel("send time (s)")
-    ax.set_ylabel("latency (s)")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.set_title(f"{MODEL}: step-level vs request-level batching (DDIM {'/'.join(map(str, STEPS))} steps)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with images.saved_figure(path, figsize=(8, 4)) as (fig, ax):
+        for mode, report in runs.items():
+            ok = [r for r in report.records if r.status == "OK"]
+            ax.scatter([r.sent for r in ok], [r.latency for r in ok], s=6, label=f"{mode}-level")
+        ax.set_xlabel("send time (s)")
+        ax.set_ylabel("latency (s)")
+        ax.set_yscale("log")
+        ax.legend()
+        ax.set_title(f"{MODEL}: step-level vs request-level batching (DDIM {'/'.join(map(str, STEPS))} steps)")
 
 
 if __name__ == "__main__":

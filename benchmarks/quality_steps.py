@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from genserve import images
 from genserve.schedule import Sampler
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,13 +93,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def plot(rows: list[dict[str, Any]], title: str, out: Path) -> Path:
     """FID/floor and confident fraction against steps (log x); DDIM as a line, DDPM as a star."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    try:
+    with images.saved_figure(out, 1, 2, figsize=(10, 4)) as (fig, axes):
         for ax, key, label in (
             (axes[0], "fid_ratio", "FID / real-vs-real floor (lower is better)"),
             (axes[1], "confident_fraction", "confident fraction (higher is better)"),
@@ -118,11 +113,6 @@ def plot(rows: list[dict[str, Any]], title: str, out: Path) -> Path:
             ax.legend()
         axes[0].axhline(1.0, color="gray", linestyle="--", linewidth=1)
         fig.suptitle(title, fontsize=10)
-        fig.tight_layout()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=120)
-    finally:
-        plt.close(fig)
     return out
 
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from genserve import schedule
+from genserve import images, schedule
 from genserve.manifest import DiffusionSpec
 
 if TYPE_CHECKING:
@@ -306,8 +306,8 @@ def run_sampler_benchmark(config: SamplerBenchConfig) -> dict[str, Any]:
                 config.batch,
                 warm / config.warmup_steps * config.steps,
             )
-            seconds[name], images = _timed(lambda loop=loop: loop(config.steps))
-            sanity[name] = sample_sanity(images)
+            seconds[name], samples = _timed(lambda loop=loop: loop(config.steps))
+            sanity[name] = sample_sanity(samples)
             log.info("%s loop: %.2f s, %.3f images/s", name, seconds[name], config.batch / seconds[name])
             if not sanity[name]["plausible"]:
                 hint = " (expected on a strided schedule: no x̂₀ clipping)" if name == "algorithm2" else ""
@@ -380,19 +380,13 @@ def write_report(report: Mapping[str, Any], path: Path) -> Path:
 
 def plot_report(report: Mapping[str, Any], out: Path) -> Path:
     """A PNG bar chart of images/s per loop, annotated with the values and the fused speedups."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     s, ips = report["settings"], report["images_per_second"]
     labels = {
         "diffusers": "diffusers\nDDPMScheduler",
         "algorithm2": "Algorithm 2\n(torch eager)",
         "fused": "genserve\nfused (ORT)",
     }
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    try:
+    with images.saved_figure(out, figsize=(7, 4.5)) as (fig, ax):
         values = [ips[name] for name in LOOPS]
         bars = ax.bar([labels[name] for name in LOOPS], values, color=["tab:gray", "tab:orange", "tab:blue"])
         for bar, value in zip(bars, values, strict=True):
@@ -413,9 +407,4 @@ def plot_report(report: Mapping[str, Any], out: Path) -> Path:
             f"Algorithm 2; loop overhead {report['loop_overhead']:.3f}",
             fontsize=10,
         )
-        fig.tight_layout()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=120)
-    finally:
-        plt.close(fig)
     return out

@@ -3,8 +3,11 @@ PNG bytes, and sample grids."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -52,3 +55,24 @@ def save_grid(images: np.ndarray, path: Path, nrow: int | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid(images, nrow)).save(path)
     return path
+
+
+@contextlib.contextmanager
+def saved_figure(out: Path, *subplots_args: Any, **subplots_kwargs: Any) -> Iterator[tuple[Any, Any]]:
+    """``plt.subplots(...)`` for a plot written to ``out`` (PNG, 120 dpi) when the block ends.
+
+    matplotlib (Agg, no display) is imported here, only by the commands that draw; the figure is
+    closed even if drawing fails."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(*subplots_args, **subplots_kwargs)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=120)
+    finally:
+        plt.close(fig)

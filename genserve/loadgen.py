@@ -35,6 +35,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from genserve import images
 from genserve.serving import convert
 from genserve.serving.domain import GenerateRequest
 from genserve.serving.pb import genserve_pb2_grpc
@@ -385,14 +386,8 @@ def run_load(spec: LoadSpec, progress: bool = False) -> LoadReport:
 
 def plot_report(report: LoadReport, out: Path) -> Path:
     """A PNG of the run: each request's latency by send time above, per-second OK and non-OK below."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     s = report.spec
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(10, 7), height_ratios=[3, 2])
-    try:
+    with images.saved_figure(out, 2, 1, sharex=True, figsize=(10, 7), height_ratios=[3, 2]) as (fig, (top, bottom)):
         for ok, color, label in ((True, "tab:blue", OK), (False, "tab:red", "not OK")):
             chosen = [r for r in report.records if (r.status == OK) == ok]
             if chosen:
@@ -419,9 +414,4 @@ def plot_report(report: LoadReport, out: Path) -> Path:
         bottom.grid(True, axis="y", alpha=0.3)
         load = f"concurrency {s.concurrency}" if s.mode == "closed" else f"rate {s.rate:g}/s"
         fig.suptitle(f"{s.model}: {s.mode} loop, {load}, {s.num_images} image(s)/request")
-        fig.tight_layout()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=120)
-    finally:
-        plt.close(fig)
     return out
