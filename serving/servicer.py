@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -25,6 +28,15 @@ from genserve.serving.scheduler import ImageBatchScheduler, ModelScheduler
 from genserve.signature import ModelKind
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Call:
+    """One Generate/GenerateStream call as the metrics see it."""
+
+    deadline: float | None  # time.monotonic() time, or None
+    model: str = UNKNOWN_MODEL  # until the request names a served model
+    started: float = field(default_factory=time.perf_counter)
 
 
 class ModelRegistry:
@@ -74,28 +86,35 @@ class GenerationServicer(genserve_pb2_grpc.GenerationServiceServicer):
         return convert.list_models_response(self._registry.infos())
 
     async def Generate(self, request, context: grpc.aio.ServicerContext):
-        started = time.perf_counter()
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
-        model, code = UNKNOWN_MODEL, "OK"
-        try:
+        with self._outcome(context) as call:
             req, encoding = convert.generate_request_from_proto(request)
             scheduler = self._registry.scheduler(req.model)
-            model = req.model
-            images = await scheduler.submit(req, deadline)
+            call.model = req.model
+            images = await scheduler.submit(req, call.deadline)
             response = await self._encode(req.model, images, encoding)
-        except asyncio.CancelledError:
-            code = "DEADLINE_EXCEEDED" if deadline is not None and time.monotonic() >= deadline else "CANCELLED"
+        seconds = time.perf_counter() - call.started
+        log.debug("Generate model=%s n=%d seed=%d seconds=%.4f", req.model, req.num_images, req.seed, seconds)
+        return response
+
+    @contextlib.contextmanager
+    def _outcome(self, context: grpc.aio.ServicerContext) -> Iterator[_Call]:
+        """The call's deadline (``time.monotonic()``) for the schedulers, and its outcome for the
+        metrics: the status code it ends with, and its duration when it succeeds."""
+        remaining = context.time_remaining()
+        call = _Call(deadline=None if remaining is None else time.monotonic() + remaining)
+        code = "OK"
+        try:
+            yield call
+        except (asyncio.CancelledError, GeneratorExit):  # the client left, or the gRPC deadline passed
+            expired = call.deadline is not None and time.monotonic() >= call.deadline
+            code = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
             raise
         except Exception as exc:
             code = status_name(exc)
             raise
         finally:
-            self._metrics.count_request(model, code)
-        seconds = time.perf_counter() - started
-        self._metrics.for_model(model).request_seconds.observe(seconds)
-        log.debug("Generate model=%s n=%d seed=%d seconds=%.4f", model, req.num_images, req.seed, seconds)
-        return response
+            self._metrics.count_request(call.model, code)
+        self._metrics.for_model(call.model).request_seconds.observe(time.perf_counter() - call.started)
 
     async def _encode(self, model: str, images, encoding: convert.ImageEncoding):
         """The response message. PNG encoding is CPU work for a worker thread; raw tensors are a
@@ -106,30 +125,17 @@ class GenerationServicer(genserve_pb2_grpc.GenerationServiceServicer):
         return await loop.run_in_executor(self._executor, convert.generate_response_to_proto, model, images, encoding)
 
     async def GenerateStream(self, request, context: grpc.aio.ServicerContext):
-        started = time.perf_counter()
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
-        model, code = UNKNOWN_MODEL, "OK"
-        try:
+        with self._outcome(context) as call:
             req, encoding, preview_every = convert.generate_stream_request_from_proto(request)
             scheduler = self._registry.scheduler(req.model)
-            model = req.model
+            call.model = req.model
             if isinstance(scheduler, DiffusionScheduler):
-                async for event in scheduler.stream(req, deadline, preview_every):
+                async for event in scheduler.stream(req, call.deadline, preview_every):
                     if event.images is None:
                         yield convert.progress_to_proto(event.step, event.total, event.preview)
                         continue
                     result = await self._encode(req.model, event.images, encoding)
                     yield convert.progress_to_proto(event.step, event.total, result=result)
             else:  # one pass: nothing to report before the images
-                images = await scheduler.submit(req, deadline)
+                images = await scheduler.submit(req, call.deadline)
                 yield convert.progress_to_proto(1, 1, result=await self._encode(req.model, images, encoding))
-        except (asyncio.CancelledError, GeneratorExit):
-            code = "DEADLINE_EXCEEDED" if deadline is not None and time.monotonic() >= deadline else "CANCELLED"
-            raise
-        except Exception as exc:
-            code = status_name(exc)
-            raise
-        finally:
-            self._metrics.count_request(model, code)
-        self._metrics.for_model(model).request_seconds.observe(time.perf_counter() - started)
