@@ -118,16 +118,7 @@ class GenserveClient:
         priority: int = 0,
         timeout_ms: int | None = None,
     ):
-        request = GenerateRequest(
-            model=model,
-            num_images=num_images,
-            seed=seed,
-            steps=steps,
-            sampler=Sampler(sampler) if isinstance(sampler, str) else sampler,
-            eta=eta,
-            priority=priority,
-            timeout=None if timeout_ms is None else timeout_ms / 1000.0,
-        )
+        request = _request(model, num_images, seed, steps, sampler, eta, priority, timeout_ms)
         return self._stub.Generate(convert.generate_request_to_proto(request, encoding), timeout=self.timeout)
 
     def generate_stream(
@@ -142,14 +133,7 @@ class GenserveClient:
     ) -> Iterator[StreamEvent]:
         """Progress of a generation as it runs; the last event carries the images (uint8 (N, H, W, C)).
         Closing the iterator early cancels the call, and the server stops the work within a step."""
-        request = GenerateRequest(
-            model=model,
-            num_images=num_images,
-            seed=seed,
-            steps=steps,
-            sampler=Sampler(sampler) if isinstance(sampler, str) else sampler,
-            eta=eta,
-        )
+        request = _request(model, num_images, seed, steps, sampler, eta)
         msg = convert.generate_stream_request_to_proto(request, convert.ImageEncoding.RAW, preview_every)
         call = self._stub.GenerateStream(msg, timeout=self.timeout)
         try:
@@ -180,3 +164,26 @@ class GenserveClient:
             finally:
                 updates.cancel()
         raise TimeoutError(f"{self.target} did not report SERVING within {timeout:g} s")
+
+
+def _request(
+    model: str,
+    num_images: int,
+    seed: int,
+    steps: int | None,
+    sampler: Sampler | str | None,
+    eta: float | None,
+    priority: int = 0,
+    timeout_ms: int | None = None,
+) -> GenerateRequest:
+    """The domain request of the client's keyword arguments (a sampler may be given by name)."""
+    return GenerateRequest(
+        model=model,
+        num_images=num_images,
+        seed=seed,
+        steps=steps,
+        sampler=Sampler(sampler) if isinstance(sampler, str) else sampler,
+        eta=eta,
+        priority=priority,
+        timeout=None if timeout_ms is None else timeout_ms / 1000.0,
+    )
