@@ -66,7 +66,6 @@ class _Request:
     events: asyncio.Queue | None = None  # Progress events, for streamed requests
     preview_every: int = 0
     last_reported: int = -1
-    cancelled: bool = False
 
     @property
     def num_images(self) -> int:
@@ -232,7 +231,6 @@ class DiffusionScheduler:
         return entry
 
     def _cancel(self, entry: _Request) -> None:
-        entry.cancelled = True
         if self._waiting.pop(entry.id, None) is not None:
             self._metrics.queued.set(len(self._waiting))
         if entry.next_image > 0:
