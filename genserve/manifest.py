@@ -57,6 +57,9 @@ class Manifest:
     description: str = ""
     dataset: str = ""
     latent_dim: int | None = None  # SAMPLER: size of z
+    num_classes: int | None = None  # class-conditional SAMPLER/DIFFUSION: labels are 0 .. num_classes - 1
+    input_shape: tuple[int, int, int] | None = None  # TRANSLATOR: (C, H, W) of the images it takes
+    input_description: str = ""  # TRANSLATOR: how an input image is made (e.g. the exact edge-map recipe)
     diffusion: DiffusionSpec | None = None  # DIFFUSION: the schedule the step graph was trained with
     metrics: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
@@ -77,6 +80,11 @@ class Manifest:
         }
         if self.latent_dim is not None:
             d["latent_dim"] = self.latent_dim
+        if self.num_classes is not None:
+            d["num_classes"] = self.num_classes
+        if self.input_shape is not None:
+            d["input_shape"] = list(self.input_shape)
+            d["input_description"] = self.input_description
         if self.diffusion is not None:
             d["diffusion"] = self.diffusion.__dict__.copy()
         d.update(metrics=self.metrics, files=self.files, source=self.source)
@@ -111,6 +119,8 @@ class Manifest:
             problems.append("a diffusion model needs a 'diffusion' section")
         if d.get("kind") == ModelKind.SAMPLER.value and "latent_dim" not in d:
             problems.append("a sampler model needs 'latent_dim'")
+        if d.get("kind") == ModelKind.TRANSLATOR.value and "input_shape" not in d:
+            problems.append("a translator model needs 'input_shape'")
         if not (folder / ONNX_FILE).is_file():
             problems.append(f"{ONNX_FILE} not found")
         if verify_hashes:
@@ -136,6 +146,9 @@ class Manifest:
                 description=d.get("description", ""),
                 dataset=d.get("dataset", ""),
                 latent_dim=d.get("latent_dim"),
+                num_classes=d.get("num_classes"),
+                input_shape=tuple(int(x) for x in d["input_shape"]) if "input_shape" in d else None,
+                input_description=d.get("input_description", ""),
                 diffusion=DiffusionSpec(**d["diffusion"]) if "diffusion" in d else None,
                 metrics=d.get("metrics", {}),
                 files=d.get("files", {}),

@@ -56,7 +56,9 @@ class Signature:
         feeds = {}
         for spec in self.inputs:
             shape = spec.concrete(batch)
-            if spec.dtype == "int64":
+            if spec.name == "label":
+                feeds[spec.name] = rng.integers(0, 10, size=shape, dtype=np.int64)
+            elif spec.dtype == "int64":
                 feeds[spec.name] = rng.integers(0, schedule.NUM_TIMESTEPS, size=shape, dtype=np.int64)
             elif spec.name == "coef":
                 feeds[spec.name] = _sample_coefficients(rng, batch)
@@ -94,8 +96,19 @@ def diffusion_step_signature(image_shape: tuple[int, int, int]) -> Signature:
     )
 
 
-def latent_sampler_signature(latent_dim: int, image_shape: tuple[int, int, int]) -> Signature:
+def latent_sampler_signature(
+    latent_dim: int, image_shape: tuple[int, int, int], num_classes: int | None = None
+) -> Signature:
+    """z (and, for a class-conditional model, an int64 class label per row) -> image in [-1, 1]."""
+    inputs = (TensorSpec("z", "float32", (BATCH, latent_dim)),)
+    if num_classes is not None:
+        inputs += (TensorSpec("label", "int64", (BATCH,)),)
+    return Signature(inputs=inputs, outputs=(TensorSpec("image", "float32", (BATCH, *image_shape)),))
+
+
+def translator_signature(input_shape: tuple[int, int, int], image_shape: tuple[int, int, int]) -> Signature:
+    """image in [-1, 1] (C, h, w) -> image in [-1, 1] (C, H, W); the sizes may differ (super-resolution)."""
     return Signature(
-        inputs=(TensorSpec("z", "float32", (BATCH, latent_dim)),),
+        inputs=(TensorSpec("source", "float32", (BATCH, *input_shape)),),
         outputs=(TensorSpec("image", "float32", (BATCH, *image_shape)),),
     )
