@@ -234,7 +234,7 @@ class DynamicBatcher:
         for take in takes:
             entry = self._queue[take.id]
             if entry.next_unit == 0:
-                self._metrics.queue_seconds.observe(now - entry.arrival)
+                self._metrics.observe_queue(now - entry.arrival)
             start = entry.next_unit
             entry.next_unit += take.units
             batch.append((entry, start, entry.next_unit))
@@ -267,14 +267,14 @@ class DynamicBatcher:
         finally:
             self._free.append(instance)
             self._wake.set()
-        self._metrics.compute_seconds.observe(time.perf_counter() - started)
-        self._metrics.batch_size.observe(units)
-        self._metrics.units.inc(units)
+        self._metrics.observe_engine_call(time.perf_counter() - started, units, len(batch))
         offset = 0
         for entry, start, stop in batch:
             entry.parts.append((start, out[offset : offset + stop - start]))
             offset += stop - start
             entry.done_units += stop - start
+            if entry.done_units == entry.units:
+                self._metrics.observe_request_done()
             if entry.done_units == entry.units and not entry.future.done():
                 entry.parts.sort(key=lambda part: part[0])
                 rows = [rows for _, rows in entry.parts]

@@ -265,9 +265,8 @@ class DiffusionScheduler:
             except Exception as exc:
                 self._fail_running(exc)
                 continue
-            self._metrics.compute_seconds.observe(time.perf_counter() - started)
-            self._metrics.batch_size.observe(n)
-            self._metrics.units.inc(n)
+            requests = len({id(ref.request) for ref in self._slots})
+            self._metrics.observe_engine_call(time.perf_counter() - started, n, requests)
             self._buf.step[:n] += 1
             for ref in self._slots:
                 ref.step += 1
@@ -304,8 +303,10 @@ class DiffusionScheduler:
             ref = self._slots[i]
             ref.request.out[ref.image] = self._buf.x[i]
             ref.request.done_images += 1
-            if ref.request.done_images == ref.request.num_images and not ref.request.future.done():
-                ref.request.future.set_result(images.to_uint8(ref.request.out))
+            if ref.request.done_images == ref.request.num_images:
+                self._metrics.observe_request_done()
+                if not ref.request.future.done():
+                    ref.request.future.set_result(images.to_uint8(ref.request.out))
         for i in sorted(plan.finished + plan.dropped, reverse=True):  # swap-remove, highest first
             last = len(self._slots) - 1
             if i != last:
@@ -316,7 +317,7 @@ class DiffusionScheduler:
         for take in plan.joins:
             entry = self._waiting[take.id]
             if entry.next_image == 0:
-                self._metrics.queue_seconds.observe(now - entry.arrival)
+                self._metrics.observe_queue(now - entry.arrival)
             first = entry.next_image
             entry.next_image += take.units
             if entry.next_image == entry.num_images:

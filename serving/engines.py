@@ -45,6 +45,9 @@ class OnnxRuntimeEngine:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = intra_op_threads  # 0 = one per physical core
+        # Idle intra-op threads would spin between calls, taking the cores the gRPC event loop and
+        # the batcher need: in a server, requests arrive between engine calls.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)

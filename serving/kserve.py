@@ -31,11 +31,13 @@ returned in ``raw_output_contents``, which is what Triton's clients read. Shared
 streaming inference and the repository-control, shared-memory, trace and log RPCs are not
 supported (UNIMPLEMENTED, the generated base class's answer).
 
-ModelStatistics is counted here, per model, by ModelInfer: ``inference_count`` = images returned,
-``execution_count`` = successful ModelInfer calls (genserve's engine calls are shared by requests
-of both APIs; they are in Prometheus as ``genserve_batch_size_count``), ``success`` and ``fail``
-with their cumulative wall time. Queue and compute durations are not broken out here (see the
-Prometheus histograms).
+ModelStatistics: ``success`` and ``fail`` count this API's ModelInfer calls with their wall time.
+``queue``, ``compute_infer``, ``execution_count`` and ``inference_count`` are the model's
+scheduler totals (``metrics.Totals``), which cover the requests of both APIs because they share
+the same engine calls: queue time once per request (each ModelInfer row is one request),
+compute time as Triton attributes it to batched requests, executions = engine calls, inferences
+= engine rows. Compute input and output run inside the engine call: counted, with zero time
+(their time is in compute_infer).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from tritonclient.grpc import service_pb2_grpc
 from genserve.serving.config import ServerConfig
 from genserve.serving.domain import GenerateRequest, ModelInfo
 from genserve.serving.errors import InvalidArgument, NotFound
+from genserve.serving.metrics import Metrics, Totals
 from genserve.serving.scheduler import ModelScheduler
 from genserve.serving.servicer import ModelRegistry
 from genserve.signature import ModelKind
@@ -292,10 +295,9 @@ def model_config_to_proto(info: ModelInfo, config: ServerConfig) -> mc.ModelConf
 
 @dataclass
 class InferStats:
-    """Cumulative ModelInfer outcomes of one model (Triton's ModelStatistics fields)."""
+    """Cumulative ModelInfer outcomes of one model (the success and fail parts of Triton's
+    ModelStatistics; the rest comes from the scheduler's totals)."""
 
-    inference_count: int = 0  # images returned
-    execution_count: int = 0  # successful calls
     success_count: int = 0
     success_ns: int = 0
     fail_count: int = 0
@@ -306,9 +308,7 @@ class InferStats:
         self.last_inference_ms = time.time_ns() // 1_000_000
         return time.perf_counter_ns()
 
-    def succeeded(self, started_ns: int, images: int) -> None:
-        self.inference_count += images
-        self.execution_count += 1
+    def succeeded(self, started_ns: int) -> None:
         self.success_count += 1
         self.success_ns += time.perf_counter_ns() - started_ns
 
@@ -316,16 +316,22 @@ class InferStats:
         self.fail_count += 1
         self.fail_ns += time.perf_counter_ns() - started_ns
 
-    def to_proto(self, info: ModelInfo) -> pb.ModelStatistics:
+    def to_proto(self, info: ModelInfo, totals: Totals) -> pb.ModelStatistics:
         return pb.ModelStatistics(
             name=info.name,
             version=info.version,
             last_inference=self.last_inference_ms,
-            inference_count=self.inference_count,
-            execution_count=self.execution_count,
+            inference_count=totals.inference_count,
+            execution_count=totals.execution_count,
             inference_stats=pb.InferStatistics(
                 success=pb.StatisticDuration(count=self.success_count, ns=self.success_ns),
                 fail=pb.StatisticDuration(count=self.fail_count, ns=self.fail_ns),
+                queue=pb.StatisticDuration(count=totals.queue_count, ns=totals.queue_ns),
+                # perf_analyzer needs the three compute parts counted alike; genserve's input
+                # and output conversions run inside the engine call, so their time is in infer.
+                compute_input=pb.StatisticDuration(count=totals.compute_count, ns=0),
+                compute_infer=pb.StatisticDuration(count=totals.compute_count, ns=totals.compute_ns),
+                compute_output=pb.StatisticDuration(count=totals.compute_count, ns=0),
             ),
         )
 
@@ -337,9 +343,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     """KServe v2 on genserve's registry: the RPCs of the module docstring; every other RPC is the
     generated base class's UNIMPLEMENTED."""
 
-    def __init__(self, registry: ModelRegistry, config: ServerConfig):
+    def __init__(self, registry: ModelRegistry, config: ServerConfig, metrics: Metrics):
         self._registry = registry
         self._config = config
+        self._metrics = metrics
         self._stats: dict[str, InferStats] = {}
 
     def _infos(self) -> dict[str, ModelInfo]:
@@ -393,7 +400,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             infos = [self._model(request.name, request.version)[0]]
         else:
             infos = sorted(self._infos().values(), key=lambda i: i.name)
-        return pb.ModelStatisticsResponse(model_stats=[self._stats_of(i.name).to_proto(i) for i in infos])
+        return pb.ModelStatisticsResponse(
+            model_stats=[self._stats_of(i.name).to_proto(i, self._metrics.for_model(i.name).totals) for i in infos]
+        )
 
     async def ModelInfer(self, request, context: grpc.aio.ServicerContext):
         remaining = context.time_remaining()
@@ -408,7 +417,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         except BaseException:  # cancellations too: the call did not succeed
             stats.failed(started)
             raise
-        stats.succeeded(started, len(images))
+        stats.succeeded(started)
         return infer_response_to_proto(request, info, images)
 
 

@@ -20,8 +20,28 @@ UNKNOWN_MODEL = "_unknown"  # label for calls naming no served model: keeps labe
 
 
 @dataclass
+class Totals:
+    """One model's cumulative counts in the terms of Triton's ModelStatistics (KServe's
+    ModelStatistics RPC reports them, and perf_analyzer splits latency with them).
+
+    Queue: once per request, when its first unit starts. Compute: every engine call adds its
+    duration once for each request it served (Triton's attribution for batched requests), and a
+    request is counted once when its last unit is done, so compute_ns / compute_count is the
+    engine time a request took part in. Executions are engine calls; inferences are engine rows
+    (images, or image-steps for diffusion)."""
+
+    queue_count: int = 0
+    queue_ns: int = 0
+    compute_count: int = 0
+    compute_ns: int = 0
+    execution_count: int = 0
+    inference_count: int = 0
+
+
+@dataclass
 class ModelMetrics:
-    """The instruments of one model, with its label already applied."""
+    """The instruments of one model, with its label already applied; schedulers report through
+    the ``observe_*`` methods so the Prometheus series and the Triton-style totals never diverge."""
 
     request_seconds: Histogram
     queue_seconds: Histogram
@@ -30,6 +50,26 @@ class ModelMetrics:
     units: Counter
     pending: Gauge
     queued: Gauge
+    totals: Totals
+
+    def observe_queue(self, seconds: float) -> None:
+        """A request's first unit started after waiting ``seconds``."""
+        self.queue_seconds.observe(seconds)
+        self.totals.queue_count += 1
+        self.totals.queue_ns += int(seconds * 1e9)
+
+    def observe_engine_call(self, seconds: float, units: int, requests: int) -> None:
+        """One engine call of ``units`` rows, shared by ``requests`` requests."""
+        self.compute_seconds.observe(seconds)
+        self.batch_size.observe(units)
+        self.units.inc(units)
+        self.totals.execution_count += 1
+        self.totals.inference_count += units
+        self.totals.compute_ns += int(seconds * 1e9) * requests
+
+    def observe_request_done(self) -> None:
+        """A request's last unit left the engine."""
+        self.totals.compute_count += 1
 
 
 class Metrics:
@@ -99,6 +139,7 @@ class Metrics:
             units=self._units.labels(model=model),
             pending=self._pending.labels(model=model),
             queued=self._queued.labels(model=model),
+            totals=Totals(),
         )
 
     def count_request(self, model: str, code: str) -> None:

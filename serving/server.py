@@ -70,7 +70,7 @@ class GenserveServer:
         genserve_pb2_grpc.add_GenerationServiceServicer_to_server(
             GenerationServicer(self.registry, self._executor, self.metrics), server
         )
-        kserve.add_to_server(kserve.InferenceServicer(self.registry, self.config), server)
+        kserve.add_to_server(kserve.InferenceServicer(self.registry, self.config, self.metrics), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [convert.SERVICE_NAME, kserve.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server

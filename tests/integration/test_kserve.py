@@ -226,7 +226,7 @@ def test_the_rows_of_one_call_share_engine_calls(server, kserve):
     assert 1 <= engine_calls() - before < 16
 
 
-def test_statistics_count_inferences_successes_and_failures(kserve, infos):
+def test_statistics_count_calls_queue_and_compute_of_every_row(kserve, infos):
     def stats():
         return kserve.get_inference_statistics(GAN).model_stats[0]
 
@@ -236,14 +236,35 @@ def test_statistics_count_inferences_successes_and_failures(kserve, infos):
         kserve.infer(GAN, [seed_input([1, 2], shape=[2])])
     after = stats()
     assert (after.name, after.version) == (GAN, infos[GAN].version)
-    assert after.inference_count == before.inference_count + 4
-    assert after.execution_count == before.execution_count + 1
+    assert after.inference_count == before.inference_count + 4  # engine rows: one image per row
+    assert 1 <= after.execution_count - before.execution_count <= 4  # the rows share engine calls
     assert after.inference_stats.success.count == before.inference_stats.success.count + 1
     assert after.inference_stats.success.ns > before.inference_stats.success.ns
     assert after.inference_stats.fail.count == before.inference_stats.fail.count + 1
     assert after.last_inference >= before.last_inference > 0
+    for part in ("queue", "compute_infer"):  # each row is one request of the scheduler
+        was, now = getattr(before.inference_stats, part), getattr(after.inference_stats, part)
+        assert now.count == was.count + 4, part
+        assert now.ns > was.ns, part
     everything = kserve.get_inference_statistics()
     assert sorted(s.name for s in everything.model_stats) == sorted(infos)
+
+
+def test_statistics_of_the_diffusion_model_count_each_rows_steps_as_compute(kserve):
+    def stats():
+        return kserve.get_inference_statistics(DDPM).model_stats[0]
+
+    before = stats()
+    kserve.infer(DDPM, [seed_input([5, 6]), steps_input([3, 3])])
+    after = stats()
+    assert after.inference_count == before.inference_count + 2 * 3  # image-steps
+    assert 3 <= after.execution_count - before.execution_count <= 6  # one engine call per step
+    compute = after.inference_stats.compute_infer
+    assert compute.count == before.inference_stats.compute_infer.count + 2
+    assert after.inference_stats.queue.count == before.inference_stats.queue.count + 2
+    # Each row took part in its 3 steps: at least 3 engine calls' worth of compute per row.
+    per_row_ns = (compute.ns - before.inference_stats.compute_infer.ns) / 2
+    assert per_row_ns >= 3 * 1e3
 
 
 # --- Errors -------------------------------------------------------------------------------------

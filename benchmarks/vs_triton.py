@@ -1,0 +1,366 @@
+"""genserve against NVIDIA Triton, side by side, with Triton's own load generator.
+
+    bash benchmarks/peers/setup.sh          # once: perf_analyzer and Triton (pytriton) into .bench/
+    python -m benchmarks.vs_triton          # ~8 min; results/vs_triton.{json,png,md} + results/perf/*.csv
+    python -m benchmarks.vs_triton --servers genserve   # perf_analyzer sweep against genserve only
+
+Both servers run at once on this machine and serve the same ``model.onnx`` files through ONNX
+Runtime (same intra-op threads) behind a dynamic batcher with the same limits (max batch size 64,
+queue delay 0 unless told otherwise); Triton runs genserve's own ModelRunner inside its Python
+model, so the model work per image is identical and only the serving layers differ. Before
+measuring, one call to each server checks that they return the same bytes for the same seeds.
+
+perf_analyzer (closed loop, gRPC, one row per request) measures each (model, concurrency) on
+genserve and then on Triton, interleaved, so drifts in machine load hit both alike. Its CSV per
+run is kept under ``results/perf/``; the server-side queue and compute columns come from each
+server's ModelStatistics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.serverproc import start_server
+from genserve import images
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+BENCH = ROOT / ".bench"
+PERF_ANALYZER = BENCH / "perf" / "bin" / "perf_analyzer"
+TRITON_PYTHON = BENCH / "triton" / "bin" / "python"
+CONCURRENCY = (1, 4, 16, 64)
+SERVERS = ("genserve", "triton")
+
+
+@dataclass
+class Run:
+    server: str
+    model: str
+    concurrency: int
+    throughput: float  # requests (= images) per second
+    avg_ms: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    server_queue_ms: float  # mean per request, from the server's statistics
+    server_compute_ms: float
+    csv: str  # path relative to benchmarks/results
+
+
+def tools_env() -> dict[str, str]:
+    """perf_analyzer links libcudart.so.12 even on CPU: the wheel's copy goes on the library path."""
+    libs = sorted(BENCH.glob("perf/lib/python*/site-packages/nvidia/cuda_runtime/lib"))
+    if not PERF_ANALYZER.exists() or not libs:
+        raise SystemExit("perf_analyzer is not installed: run `bash benchmarks/peers/setup.sh` first")
+    return {**os.environ, "LD_LIBRARY_PATH": ":".join(str(p) for p in libs)}
+
+
+class TritonPeer:
+    """benchmarks/peers/triton_server.py as a child process, ready once it logs that it serves."""
+
+    def __init__(self, grpc_port: int, models: list[str], max_batch_size: int, max_queue_delay_ms: float):
+        if not TRITON_PYTHON.exists():
+            raise SystemExit("Triton (pytriton) is not installed: run `bash benchmarks/peers/setup.sh` first")
+        libdir = (BENCH / "triton" / "libdir").read_text().strip()
+        env = {**os.environ, "LD_LIBRARY_PATH": libdir, "PYTHONUNBUFFERED": "1"}
+        base = grpc_port + 100  # HTTP and metrics ports next to it, never on it
+        cmd = [
+            str(TRITON_PYTHON),
+            str(Path(__file__).parent / "peers" / "triton_server.py"),
+            *("--grpc-port", str(grpc_port), "--http-port", str(base), "--metrics-port", str(base + 1)),
+            *("--max-batch-size", str(max_batch_size), "--max-queue-delay-ms", str(max_queue_delay_ms)),
+            "--only",
+            *models,
+        ]
+        self.port = grpc_port
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        self.log: list[str] = []
+        started = time.monotonic()
+        for line in self.proc.stdout:
+            self.log.append(line)
+            if "triton serving" in line:
+                break
+            if time.monotonic() - started > 180:
+                break
+        else:
+            raise RuntimeError("Triton peer exited before serving:\n" + "".join(self.log[-40:]))
+        threading.Thread(target=self._drain, daemon=True).start()
+        wait_ready(self.target, models)
+
+    def _drain(self) -> None:
+        for line in self.proc.stdout:
+            self.log.append(line)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def wait_ready(target: str, models: list[str], timeout: float = 120.0) -> None:
+    import tritonclient.grpc as triton
+
+    client = triton.InferenceServerClient(target)
+    deadline = time.monotonic() + timeout
+    while not all(_ready(client, m) for m in models):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{target} never reported {models} ready")
+        time.sleep(0.2)
+
+
+def _ready(client, model: str) -> bool:
+    try:
+        return client.is_model_ready(model)
+    except Exception:
+        return False
+
+
+def infer_images(target: str, model: str, seeds: list[int], steps: int | None) -> np.ndarray:
+    import tritonclient.grpc as triton
+
+    client = triton.InferenceServerClient(target)
+    inputs = [_tensor("SEED", np.asarray(seeds, np.int64).reshape(-1, 1), "INT64")]
+    if steps is not None:
+        inputs.append(_tensor("STEPS", np.full((len(seeds), 1), steps, np.int32), "INT32"))
+    return client.infer(model, inputs).as_numpy("IMAGE")
+
+
+def _tensor(name: str, data: np.ndarray, datatype: str):
+    import tritonclient.grpc as triton
+
+    t = triton.InferInput(name, list(data.shape), datatype)
+    t.set_data_from_numpy(data)
+    return t
+
+
+def input_data(path: Path, steps: int | None, rows: int = 64) -> Path:
+    """perf_analyzer's --input-data: distinct seeds, and the fixed step count for diffusion."""
+    data = []
+    for seed in range(rows):
+        row = {"SEED": [seed]}
+        if steps is not None:
+            row["STEPS"] = [steps]
+        data.append(row)
+    path.write_text(json.dumps({"data": data}))
+    return path
+
+
+def perf_analyzer(
+    target: str, model: str, concurrency: int, data: Path, out_csv: Path, window_ms: int, env: dict
+) -> dict[str, float]:
+    cmd = [
+        str(PERF_ANALYZER),
+        *("-m", model, "-i", "grpc", "-u", target),
+        *("--concurrency-range", f"{concurrency}:{concurrency}"),
+        *("--input-data", str(data), "--measurement-interval", str(window_ms)),
+        *("--stability-percentage", "25", "--max-trials", "8"),
+        *("-f", str(out_csv)),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    if proc.returncode != 0 or not out_csv.exists():
+        raise RuntimeError(f"perf_analyzer failed on {target} {model} c={concurrency}:\n{proc.stdout}\n{proc.stderr}")
+    with out_csv.open() as f:
+        return next(csv.DictReader(f))
+
+
+def to_run(server: str, model: str, concurrency: int, row: dict[str, str], csv_path: Path) -> Run:
+    us = 1e-3
+
+    def ms(key: str) -> float:
+        return float(row[key]) * us
+
+    return Run(
+        server=server,
+        model=model,
+        concurrency=concurrency,
+        throughput=float(row["Inferences/Second"]),
+        avg_ms=sum(
+            ms(k)
+            for k in (
+                "Client Send",
+                "Network+Server Send/Recv",
+                "Server Queue",
+                "Server Compute Input",
+                "Server Compute Infer",
+                "Server Compute Output",
+                "Client Recv",
+            )
+        ),
+        p50_ms=ms("p50 latency"),
+        p90_ms=ms("p90 latency"),
+        p95_ms=ms("p95 latency"),
+        p99_ms=ms("p99 latency"),
+        server_queue_ms=ms("Server Queue"),
+        server_compute_ms=ms("Server Compute Infer"),
+        csv=str(csv_path.relative_to(RESULTS)),
+    )
+
+
+def pause_trainings(pause: bool) -> list[int]:
+    """SIGSTOP (or SIGCONT) background `genserve train` runs, so they do not skew the numbers."""
+    out = subprocess.run(["pgrep", "-f", "genserve train"], capture_output=True, text=True).stdout.split()
+    for pid in map(int, out):
+        os.kill(pid, signal.SIGSTOP if pause else signal.SIGCONT)
+    return [int(p) for p in out]
+
+
+def sweep(args: argparse.Namespace) -> dict:
+    env = tools_env()
+    perf_dir = RESULTS / "perf"
+    perf_dir.mkdir(parents=True, exist_ok=True)
+    batching = ["--max-batch-size", str(args.max_batch_size), "--max-queue-delay-ms", str(args.max_queue_delay_ms)]
+    runs: list[Run] = []
+    identical: dict[str, bool] = {}
+    genserve = start_server(*batching)
+    triton = None
+    try:
+        targets = {"genserve": genserve.target}
+        if "triton" in args.servers:
+            triton = TritonPeer(args.triton_port, args.models, args.max_batch_size, args.max_queue_delay_ms)
+            targets["triton"] = triton.target
+        for model in args.models:
+            steps = args.ddpm_steps if model.startswith("ddpm") else None
+            results = {s: infer_images(t, model, [1, 2, 3], steps) for s, t in targets.items()}
+            identical[model] = all(np.array_equal(results["genserve"], r) for r in results.values())
+            data = input_data(perf_dir / f"{model}-input.json", steps)
+            for c in args.concurrency:
+                for server in args.servers:  # interleaved: each concurrency on every server in turn
+                    out = perf_dir / f"{server}-{model}-c{c}.csv"
+                    row = perf_analyzer(targets[server], model, c, data, out, args.window_ms, env)
+                    run = to_run(server, model, c, row, out)
+                    runs.append(run)
+                    print(
+                        f"{server:9s} {model:12s} c={c:3d} {run.throughput:8.1f} req/s"
+                        f"  p50 {run.p50_ms:7.2f} ms  p99 {run.p99_ms:7.2f} ms"
+                        f"  queue {run.server_queue_ms:6.2f}  compute {run.server_compute_ms:6.2f}",
+                        flush=True,
+                    )
+    finally:
+        genserve.stop()
+        if triton is not None:
+            triton.stop()
+    return {
+        "benchmark": "vs_triton",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "settings": {
+            "max_batch_size": args.max_batch_size,
+            "max_queue_delay_ms": args.max_queue_delay_ms,
+            "ddpm_steps": args.ddpm_steps,
+            "window_ms": args.window_ms,
+            "load_generator": "perf_analyzer 2.48.0, gRPC, closed loop, 1 row per request",
+        },
+        "identical_outputs": identical,
+        "runs": [asdict(r) for r in runs],
+        "ratios": ratios(runs) if "triton" in args.servers else {},
+    }
+
+
+def ratios(runs: list[Run]) -> dict[str, dict[str, dict[str, float]]]:
+    """genserve / Triton per model and concurrency: throughput (higher is better), p99 (lower)."""
+    by = {(r.server, r.model, r.concurrency): r for r in runs}
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for (server, model, c), g in by.items():
+        t = by.get(("triton", model, c))
+        if server != "genserve" or t is None:
+            continue
+        out.setdefault(model, {})[str(c)] = {
+            "throughput_ratio": round(g.throughput / t.throughput, 3),
+            "p99_ratio": round(g.p99_ms / t.p99_ms, 3),
+        }
+    return out
+
+
+def markdown_table(report: dict) -> str:
+    lines = [
+        "| model | concurrency | genserve req/s | Triton req/s | throughput ratio "
+        "| genserve p99 ms | Triton p99 ms | p99 ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    by = {(r["server"], r["model"], r["concurrency"]): r for r in report["runs"]}
+    for (server, model, c), g in by.items():
+        t = by.get(("triton", model, c))
+        if server != "genserve" or t is None:
+            continue
+        ratio = report["ratios"][model][str(c)]
+        lines.append(
+            f"| {model} | {c} | {g['throughput']:.1f} | {t['throughput']:.1f} | {ratio['throughput_ratio']:.2f}× "
+            f"| {g['p99_ms']:.2f} | {t['p99_ms']:.2f} | {ratio['p99_ratio']:.2f}× |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> Path:
+    models = list(dict.fromkeys(r["model"] for r in report["runs"]))
+    with images.saved_figure(path, 2, len(models), figsize=(5 * len(models), 7), squeeze=False) as (fig, axes):
+        for j, model in enumerate(models):
+            for server in SERVERS:
+                rows = [r for r in report["runs"] if r["model"] == model and r["server"] == server]
+                if not rows:
+                    continue
+                c = [r["concurrency"] for r in rows]
+                axes[0][j].plot(c, [r["throughput"] for r in rows], "o-", label=server)
+                axes[1][j].plot(c, [r["p99_ms"] for r in rows], "o-", label=server)
+            axes[0][j].set_title(f"{model}: throughput")
+            axes[0][j].set_ylabel("requests/s")
+            axes[1][j].set_title(f"{model}: p99 latency")
+            axes[1][j].set_ylabel("ms")
+            for ax in (axes[0][j], axes[1][j]):
+                ax.set_xscale("log", base=2)
+                ax.set_xlabel("concurrency (perf_analyzer)")
+                ax.legend()
+                ax.grid(alpha=0.3)
+        fig.suptitle("genserve vs NVIDIA Triton (pytriton), same ONNX models, CPU")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["dcgan-mnist", "ddpm-mnist"])
+    parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS)
+    parser.add_argument("--concurrency", nargs="+", type=int, default=list(CONCURRENCY))
+    parser.add_argument("--ddpm-steps", type=int, default=10, help="STEPS sent to diffusion models")
+    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--max-queue-delay-ms", type=float, default=0.0)
+    parser.add_argument("--window-ms", type=int, default=4000, help="perf_analyzer measurement interval")
+    parser.add_argument("--triton-port", type=int, default=18001)
+    parser.add_argument("--out", type=Path, default=RESULTS / "vs_triton.json")
+    args = parser.parse_args()
+    if "genserve" not in args.servers:
+        parser.error("--servers must include genserve (the baseline of every ratio)")
+    paused = pause_trainings(True)
+    try:
+        report = sweep(args)
+    finally:
+        if paused:
+            pause_trainings(False)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    if report["ratios"]:
+        table = markdown_table(report)
+        args.out.with_suffix(".md").write_text(table)
+        print(table)
+    print(f"wrote {plot(report, args.out.with_suffix('.png'))}")
+
+
+if __name__ == "__main__":
+    main()
