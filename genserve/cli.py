@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
+    from genserve.serving.domain import ModelInfo
+
 DEFAULT_SERVER = "127.0.0.1:50051"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODELS = REPO_ROOT / "models"
@@ -52,21 +54,83 @@ def _train(args: argparse.Namespace) -> int:
         if args.steps:
             cfg.epochs = args.steps
         train_classifier(out, cfg)
+    else:
+        _train_family(args, out)
     return 0
 
 
-# Served name and checkpoint folder of each exportable family.
-EXPORTS = {"ddpm": "ddpm-mnist", "dcgan": "dcgan-mnist"}
+# The issue-5 families: module under genserve.training, its config class and train function.
+FAMILY_TRAINERS = {
+    "gaussian": ("gaussian", "GaussianTrainConfig", "train_gaussian"),
+    "vae": ("vae", "VAETrainConfig", "train_vae"),
+    "cgan": ("cgan", "CGANTrainConfig", "train_cgan"),
+    "pix2pix": ("pix2pix", "Pix2PixTrainConfig", "train_pix2pix"),
+    "srresnet": ("superres", "SRResNetTrainConfig", "train_srresnet"),
+    "srgan": ("superres", "SRGANTrainConfig", "train_srgan"),
+    "cyclegan": ("cyclegan", "CycleGANTrainConfig", "train_cyclegan"),
+}
+
+
+def _train_family(args: argparse.Namespace, out: Path) -> None:
+    import importlib
+
+    module_name, config_name, train_name = FAMILY_TRAINERS[args.family]
+    module = importlib.import_module(f"genserve.training.{module_name}")
+    cfg = getattr(module, config_name)(seed=args.seed)
+    if args.steps:
+        cfg.steps = args.steps
+    for assignment in args.set or []:
+        apply_override(cfg, assignment)
+    getattr(module, train_name)(out, cfg)
+
+
+def apply_override(config, assignment: str) -> None:
+    """``key=value`` or ``net.key=value`` on a (nested) config dataclass; the value is parsed as
+    JSON where it can be (numbers, booleans) and kept as a string otherwise."""
+    import dataclasses
+    import json
+
+    key, sep, raw = assignment.partition("=")
+    if not sep:
+        raise SystemExit(f"--set expects KEY=VALUE, got {assignment!r}")
+    *parents, leaf = key.split(".")
+    target = functools.reduce(getattr, parents, config)
+    if leaf not in {f.name for f in dataclasses.fields(target)}:
+        raise SystemExit(f"--set: {type(target).__name__} has no field {leaf!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    setattr(target, leaf, value)
+
+
+# Served names of each exportable family. The checkpoint folder is the served name, except for
+# the models described in export.onnx_export.SERVED, which name their own.
+EXPORTS = {
+    "ddpm": ("ddpm-mnist",),
+    "dcgan": ("dcgan-mnist",),
+    "gaussian": ("gaussian-mnist",),
+    "vae": ("vae-mnist", "vae-mnist-reconstruct"),
+    "cgan": ("cgan-mnist",),
+    "pix2pix": ("pix2pix-edges2mnist",),
+    "srresnet": ("srresnet-mnist-x4",),
+    "srgan": ("srgan-mnist-x4",),
+    "cyclegan": ("cyclegan-mnist2digits", "cyclegan-digits2mnist"),
+}
 
 
 def _export(args: argparse.Namespace) -> int:
-    from genserve.export.onnx_export import export_model_folder
+    from genserve.export.onnx_export import SERVED, export_model_folder
 
-    for family in args.families:
-        name = EXPORTS[family]
-        checkpoint = (args.checkpoints or DEFAULT_CHECKPOINTS) / name
+    if args.checkpoint and len(args.families) > 1:
+        raise SystemExit("--checkpoint takes one family")
+    for name in (name for family in args.families for name in EXPORTS[family]):
+        servable = SERVED.get(name)
+        checkpoint = args.checkpoint or (args.checkpoints or DEFAULT_CHECKPOINTS) / (
+            servable.checkpoint if servable else name
+        )
         out = (args.models or DEFAULT_MODELS) / name
-        manifest = export_model_folder(checkpoint, out, name, max_batch_size=args.max_batch_size)
+        manifest = export_model_folder(checkpoint, out, name, max_batch_size=args.max_batch_size, servable=servable)
         log.info("exported %s to %s (parity max abs error %s)", name, out, manifest.source["parity_max_abs_error"])
         if args.tensorrt:
             from genserve.export.tensorrt import EngineSpec, Precision, build_engine
@@ -85,6 +149,9 @@ def _eval(args: argparse.Namespace) -> int:
 
     folder = args.model if args.model.is_dir() else (args.models or DEFAULT_MODELS) / str(args.model)
     name = folder.name
+    if not (args.images or args.server) and _task_of(folder):
+        return _eval_task(args, folder)
+    args.num_images = args.num_images or 100
     if args.images:
         samples, source = np.load(args.images), f"file {args.images}"
     elif args.server:
@@ -106,6 +173,31 @@ def _eval(args: argparse.Namespace) -> int:
     if args.update_manifest:
         settings = {"num_samples": len(samples), "seed": args.seed, "steps": args.steps, "source": source}
         record_metrics(folder, report, settings)
+        log.info("recorded the metrics in %s/manifest.json", folder)
+    return 0
+
+
+def _task_of(folder: Path) -> str | None:
+    """The task an issue-5 model folder records for its evaluation (None for the older models)."""
+    from genserve import manifest as mf
+
+    return mf.Manifest.load(folder, verify_hashes=False).source.get("task")
+
+
+def _eval_task(args: argparse.Namespace, folder: Path) -> int:
+    """Evaluate a model by its task (samplers, translators) straight on its ONNX graph."""
+    import json
+
+    from genserve import images
+    from genserve.training.evaluate import Evaluator, evaluate_task, record_metrics
+
+    metrics, tiles = evaluate_task(folder, args.num_images, args.seed, Evaluator())
+    print(json.dumps({"model": folder.name, **metrics}, indent=2))
+    if args.grid:
+        images.save_grid(tiles, args.grid, nrow=10)
+    if args.update_manifest:
+        settings = {"num_images": args.num_images, "seed": args.seed, "source": "in-process onnxruntime"}
+        record_metrics(folder, metrics, settings)
         log.info("recorded the metrics in %s/manifest.json", folder)
     return 0
 
@@ -167,8 +259,27 @@ def _models(args: argparse.Namespace) -> int:
 
     with GenserveClient(args.server, timeout=args.timeout) as client:
         for info in client.list_models():
-            print(info.name)
+            print(describe_model(info))
     return 0
+
+
+def describe_model(info: ModelInfo) -> str:
+    """``NAME  KIND  SHAPES  DETAILS`` for ``genserve models``, then the input recipe of a translator
+    on an indented line."""
+    from genserve.signature import ModelKind
+
+    shape = "x".join(map(str, info.image_shape))
+    if info.input_shape is not None:
+        shape = "x".join(map(str, info.input_shape)) + " -> " + shape
+    details = [f"up to {info.max_images} images per request"]
+    if info.latent_dim:
+        details.append(f"latent {info.latent_dim}")
+    if info.num_classes:
+        details.append(f"{info.num_classes} classes (--label 0..{info.num_classes - 1})")
+    if info.kind is ModelKind.DIFFUSION:
+        details.append(f"{info.num_timesteps} timesteps, default {info.default_steps} steps")
+    line = f"{info.name:<24} {info.kind.value:<10} {shape:<20} {', '.join(details)}"
+    return line + (f"\n    input: {info.input_description}" if info.input_description else "")
 
 
 @_rpc_errors
@@ -176,7 +287,14 @@ def _generate(args: argparse.Namespace) -> int:
     from genserve.client import GenserveClient
 
     with GenserveClient(args.server, timeout=args.timeout) as client:
-        options = dict(seed=args.seed, steps=args.steps, sampler=args.sampler, eta=args.eta)
+        options = dict(
+            seed=args.seed,
+            steps=args.steps,
+            sampler=args.sampler,
+            eta=args.eta,
+            label=args.label,
+            interpolate_to_seed=args.interpolate_to,
+        )
         if args.stream:
             batch = _generate_with_progress(client, args.model, args.num_images, options)
         else:
@@ -197,6 +315,57 @@ def _generate_with_progress(client, model: str, num_images: int, options: dict) 
             if event.images is not None:
                 return event.images
     raise RuntimeError("the stream ended without images")
+
+
+@_rpc_errors
+def _translate(args: argparse.Namespace) -> int:
+    from genserve.client import GenserveClient
+
+    try:
+        sources, names = read_translate_input(args.inputs)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    with GenserveClient(args.server, timeout=args.timeout) as client:
+        batch = client.translate(args.model, sources)
+    written = write_translations(batch, args.out, names)
+    log.info("wrote %d images from %s to %s", len(batch), args.model, written)
+    return 0
+
+
+def read_translate_input(path: Path) -> tuple[np.ndarray | list[bytes], list[str] | None]:
+    """``--in`` of ``genserve translate``: a uint8 .npy (N, H, W[, C]) (sent as one raw tensor), one
+    PNG or a folder of PNGs (sent as the files are, by name order); and the PNGs' names, if any."""
+    import numpy as np
+
+    if path.is_dir():
+        files = sorted(path.glob("*.png"))
+        if not files:
+            raise ValueError(f"no .png files in {path}")
+        return [f.read_bytes() for f in files], [f.name for f in files]
+    if path.suffix == ".npy":
+        array = np.load(path)
+        if array.dtype != np.uint8:
+            raise ValueError(f"{path} holds {array.dtype} images; translate takes uint8 (N, H, W) or (N, H, W, C)")
+        return array, None
+    return [path.read_bytes()], None
+
+
+def write_translations(batch: np.ndarray, out: Path, names: list[str] | None) -> Path:
+    """uint8 (N, H, W, C) -> ``out``: X.png holds the one image itself (a grid for several); a folder
+    keeps the input PNGs' names; otherwise as ``write_images``."""
+    from genserve import images
+
+    if out.suffix == ".png" and len(batch) == 1:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(images.encode_png(batch[0]))
+        return out
+    if out.suffix in (".png", ".npy") or names is None:
+        return write_images(batch, out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, image in zip(names, batch, strict=True):
+        (out / name).write_bytes(images.encode_png(image))
+    return out
 
 
 def write_images(batch: np.ndarray, out: Path) -> Path:
@@ -278,16 +447,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model family on MNIST (resumes from --out if a state is there)")
-    p.add_argument("family", choices=["ddpm", "dcgan", "classifier"])
+    p.add_argument("family", choices=["ddpm", "dcgan", "classifier", *FAMILY_TRAINERS])
     p.add_argument("--out", type=Path, help="checkpoint folder (default checkpoints/<family>-mnist)")
     p.add_argument("--steps", type=int, help="optimizer steps (epochs for the classifier)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a training config field, e.g. loss=lsgan or net.features=16 (repeatable)",
+    )
     p.set_defaults(func=_train)
 
     p = sub.add_parser("export", help="export checkpoints to model folders (ONNX + parity check [+ TensorRT])")
     p.add_argument("families", nargs="+", choices=sorted(EXPORTS))
     p.add_argument("--checkpoints", type=Path, help=f"checkpoint root (default {DEFAULT_CHECKPOINTS})")
+    p.add_argument(
+        "--checkpoint", type=Path, help="export this checkpoint folder instead (one family; e.g. a training variant)"
+    )
     p.add_argument("--models", type=Path, help=f"model repository to write (default {DEFAULT_MODELS})")
     p.add_argument("--max-batch-size", type=int, default=64, help="engine batch limit recorded in the manifest")
     p.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine (needs tensorrt + a GPU)")
@@ -297,7 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="judge a model's samples with the evaluation classifier (FID, confidence)")
     p.add_argument("model", type=Path, help="model name (folder under --models) or a model folder path")
     p.add_argument("--models", type=Path, help=f"model repository (default {DEFAULT_MODELS})")
-    p.add_argument("-n", "--num-images", type=int, default=100)
+    p.add_argument(
+        "-n", "--num-images", type=int, help="samples (default 100), or held-out inputs for a translator (default all)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, help="diffusion steps (default: the model's)")
     source = p.add_mutually_exclusive_group()
@@ -338,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--timeout", type=float, help="deadline of the call in seconds (default none)")
         return p
 
-    p = client_parser("models", "list the models a server serves, one name per line")
+    p = client_parser("models", "list the models a server serves: name, kind, shapes, classes, inputs")
     p.set_defaults(func=_models)
 
     p = client_parser("generate", "generate images with a served model")
@@ -352,11 +532,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="diffusion sampler (default: DDPM on the full schedule, DDIM on fewer steps)",
     )
     p.add_argument("--eta", type=float, help="DDIM stochasticity in [0, 1] (default 0)")
+    p.add_argument("--label", type=int, help="class of every image (class-conditional samplers; default random)")
+    p.add_argument(
+        "--interpolate-to",
+        type=int,
+        metavar="SEED",
+        help="samplers: -n frames along the slerp from image 0 of --seed to image 0 of SEED",
+    )
     p.add_argument("--stream", action="store_true", help="show a progress bar while the server samples")
     p.add_argument(
         "--out", type=Path, required=True, help="X.png: one grid image; X.npy: uint8 array; else a folder of PNGs"
     )
     p.set_defaults(func=_generate)
+
+    p = client_parser("translate", "translate images with a served translator model (image -> image)")
+    p.add_argument("--model", required=True, help="a translator from `genserve models`")
+    p.add_argument(
+        "--in",
+        dest="inputs",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="uint8 X.npy (N, H, W[, C]), one X.png, or a folder of PNGs",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="X.npy: uint8 array; X.png: the image (a grid for several); else a folder of PNGs",
+    )
+    p.set_defaults(func=_translate)
 
     bench = sub.add_parser("bench", help="benchmarks: load against a running server, sampler loops in-process")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)

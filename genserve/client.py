@@ -3,6 +3,7 @@
     with GenserveClient("127.0.0.1:50051", timeout=60) as client:
         client.wait_until_serving(timeout=30)
         images = client.generate("ddpm-mnist", 16, seed=1, steps=50)  # uint8 (16, 28, 28, 1)
+        digits = client.translate("pix2pix-edges2mnist", edges)  # uint8 (N, 28, 28) or PNG files in
 
 Failed calls raise ``grpc.RpcError`` unchanged: ``err.code()`` is the status (NOT_FOUND,
 INVALID_ARGUMENT, ...) and ``err.details()`` the server's explanation.
@@ -11,7 +12,7 @@ INVALID_ARGUMENT, ...) and ``err.details()`` the server's explanation.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -79,15 +80,19 @@ class GenserveClient:
         eta: float | None = None,
         priority: int = 0,
         timeout_ms: int | None = None,
+        label: int | None = None,
+        interpolate_to_seed: int | None = None,
     ) -> np.ndarray:
         """Generate ``num_images`` images: uint8 (N, H, W, C), decoded from the raw tensors.
 
         ``priority``: queue level, 1 first (0 = the model's default); ``timeout_ms``: the server
-        gives up on the request (DEADLINE_EXCEEDED) this long after its arrival."""
-        response = self._generate(
-            model, num_images, seed, steps, sampler, eta, convert.ImageEncoding.RAW, priority, timeout_ms
+        gives up on the request (DEADLINE_EXCEEDED) this long after its arrival; ``label``: the class
+        of every image (class-conditional samplers; default a class per image from the seed);
+        ``interpolate_to_seed``: ``num_images`` frames from image 0 of ``seed`` to image 0 of this seed."""
+        request = _request(
+            model, num_images, seed, steps, sampler, eta, priority, timeout_ms, label, interpolate_to_seed
         )
-        return convert.images_from_response(response)
+        return convert.images_from_response(self._generate(request, convert.ImageEncoding.RAW))
 
     def generate_png(
         self,
@@ -99,27 +104,61 @@ class GenserveClient:
         eta: float | None = None,
         priority: int = 0,
         timeout_ms: int | None = None,
+        label: int | None = None,
+        interpolate_to_seed: int | None = None,
     ) -> list[bytes]:
         """Like ``generate``, but the images come back as PNG files (bytes), one per image."""
-        response = self._generate(
-            model, num_images, seed, steps, sampler, eta, convert.ImageEncoding.PNG, priority, timeout_ms
+        request = _request(
+            model, num_images, seed, steps, sampler, eta, priority, timeout_ms, label, interpolate_to_seed
         )
-        return convert.pngs_from_response(response)
+        return convert.pngs_from_response(self._generate(request, convert.ImageEncoding.PNG))
 
-    def _generate(
+    def _generate(self, request: GenerateRequest, encoding: convert.ImageEncoding):
+        return self._stub.Generate(convert.generate_request_to_proto(request, encoding), timeout=self.timeout)
+
+    def translate(
         self,
         model: str,
-        num_images: int,
-        seed: int,
-        steps: int | None,
-        sampler: Sampler | str | None,
-        eta: float | None,
-        encoding: convert.ImageEncoding,
+        images: np.ndarray | Sequence[bytes],
         priority: int = 0,
         timeout_ms: int | None = None,
+    ) -> np.ndarray:
+        """Translate images with a translator model: uint8 (N, H, W, C) out, one per input image.
+
+        ``images``: a uint8 array (N, H, W) or (N, H, W, C), sent as one raw tensor, or PNG files
+        (bytes), sent as they are; each must have the model's ``ModelInfo.input_shape``."""
+        response = self._translate(model, images, convert.ImageEncoding.RAW, priority, timeout_ms)
+        return convert.images_from_response(response)
+
+    def translate_png(
+        self,
+        model: str,
+        images: np.ndarray | Sequence[bytes],
+        priority: int = 0,
+        timeout_ms: int | None = None,
+    ) -> list[bytes]:
+        """Like ``translate``, but the images come back as PNG files (bytes), one per image."""
+        response = self._translate(model, images, convert.ImageEncoding.PNG, priority, timeout_ms)
+        return convert.pngs_from_response(response)
+
+    def _translate(
+        self,
+        model: str,
+        images: np.ndarray | Sequence[bytes],
+        encoding: convert.ImageEncoding,
+        priority: int,
+        timeout_ms: int | None,
     ):
-        request = _request(model, num_images, seed, steps, sampler, eta, priority, timeout_ms)
-        return self._stub.Generate(convert.generate_request_to_proto(request, encoding), timeout=self.timeout)
+        raw = isinstance(images, np.ndarray)
+        msg = convert.translate_request_to_proto(
+            model,
+            raw=images if raw else None,
+            pngs=() if raw else images,
+            encoding=encoding,
+            priority=priority,
+            timeout=None if timeout_ms is None else timeout_ms / 1000.0,
+        )
+        return self._stub.Translate(msg, timeout=self.timeout)
 
     def generate_stream(
         self,
@@ -130,10 +169,14 @@ class GenserveClient:
         sampler: Sampler | str | None = None,
         eta: float | None = None,
         preview_every: int = 0,
+        label: int | None = None,
+        interpolate_to_seed: int | None = None,
     ) -> Iterator[StreamEvent]:
         """Progress of a generation as it runs; the last event carries the images (uint8 (N, H, W, C)).
         Closing the iterator early cancels the call, and the server stops the work within a step."""
-        request = _request(model, num_images, seed, steps, sampler, eta)
+        request = _request(
+            model, num_images, seed, steps, sampler, eta, label=label, interpolate_to_seed=interpolate_to_seed
+        )
         msg = convert.generate_stream_request_to_proto(request, convert.ImageEncoding.RAW, preview_every)
         call = self._stub.GenerateStream(msg, timeout=self.timeout)
         try:
@@ -175,6 +218,8 @@ def _request(
     eta: float | None,
     priority: int = 0,
     timeout_ms: int | None = None,
+    label: int | None = None,
+    interpolate_to_seed: int | None = None,
 ) -> GenerateRequest:
     """The domain request of the client's keyword arguments (a sampler may be given by name)."""
     return GenerateRequest(
@@ -186,4 +231,6 @@ def _request(
         eta=eta,
         priority=priority,
         timeout=None if timeout_ms is None else timeout_ms / 1000.0,
+        label=label,
+        interpolate_to_seed=interpolate_to_seed,
     )

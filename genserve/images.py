@@ -20,6 +20,12 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
     )
 
 
+def from_uint8(x: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W, C) -> model input in [-1, 1], float32 (N, C, H, W): v / 127.5 - 1, the inverse of
+    ``to_uint8`` on its 256 levels."""
+    return np.ascontiguousarray((np.asarray(x, dtype=np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2))
+
+
 def encode_png(image: np.ndarray) -> bytes:
     """uint8 (H, W) or (H, W, C) -> PNG bytes (grey for one channel)."""
     if image.ndim == 3 and image.shape[2] == 1:

@@ -5,30 +5,33 @@ and the client call these functions and see domain objects and NumPy arrays. Gen
 code (``*_pb2_grpc``: stubs and servicer registration) is used by ``server`` and ``client`` only.
 
 Request checks that only the wire format can get wrong (an enum number the proto does not define,
-a missing model name, a tensor whose bytes do not match its shape) raise the domain
-``InvalidArgument`` here; limits that depend on the model (num_images, steps, eta) are the
-runner's ``validate``.
+a missing model name, a tensor whose bytes do not match its shape, an undecodable PNG) raise the
+domain ``InvalidArgument`` here; limits that depend on the model (num_images, steps, eta, label,
+image sizes) are the runner's ``validate``.
 """
 
 from __future__ import annotations
 
 import enum
+import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from grpc_health.v1 import health_pb2
+from PIL import Image as PILImage
 
 from genserve import images
 from genserve.schedule import Sampler
-from genserve.serving.domain import GenerateRequest, ModelInfo
+from genserve.serving.domain import GenerateRequest, ModelInfo, TranslateRequest
 from genserve.serving.errors import InvalidArgument
 from genserve.serving.pb import genserve_pb2 as pb
 from genserve.signature import ModelKind
 
 # Largest message either side sends or accepts (gRPC's default is 4 MiB); server and client share it.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name  # "genserve.v1.GenerationService"
+SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["GenerationService"]
+SERVICE_NAME: str = SERVICE_DESCRIPTOR.full_name  # "genserve.v1.GenerationService"
 
 
 class ImageEncoding(enum.Enum):
@@ -95,12 +98,21 @@ def generate_request_from_proto(msg: pb.GenerateRequest) -> tuple[GenerateReques
         sampler=_enum_from_pb(_SAMPLER_FROM_PB, msg.sampler, "sampler", pb.Sampler),
         eta=float(msg.eta) if msg.HasField("eta") else None,
         priority=msg.priority,
-        timeout=msg.timeout_ms / 1000.0 if msg.HasField("timeout_ms") else None,
+        timeout=_timeout_from_proto(msg),
+        label=msg.label if msg.HasField("label") else None,
+        interpolate_to_seed=msg.interpolate_to_seed if msg.HasField("interpolate_to_seed") else None,
     )
-    if request.timeout == 0:
-        raise InvalidArgument("timeout_ms must be > 0 when set (unset it for no timeout)")
     encoding = _enum_from_pb(_ENCODING_FROM_PB, msg.encoding, "encoding", pb.ImageEncoding)
     return request, encoding
+
+
+def _timeout_from_proto(msg: pb.GenerateRequest | pb.TranslateRequest) -> float | None:
+    """``timeout_ms`` in seconds (None when unset); 0 is refused rather than read as "no time at all"."""
+    if not msg.HasField("timeout_ms"):
+        return None
+    if msg.timeout_ms == 0:
+        raise InvalidArgument("timeout_ms must be > 0 when set (unset it for no timeout)")
+    return msg.timeout_ms / 1000.0
 
 
 def generate_stream_request_from_proto(msg: pb.GenerateStreamRequest) -> tuple[GenerateRequest, ImageEncoding, int]:
@@ -150,7 +162,80 @@ def generate_request_to_proto(
         msg.timeout_ms = max(1, round(request.timeout * 1000))
     if request.eta is not None:
         msg.eta = request.eta
+    if request.label is not None:
+        msg.label = request.label
+    if request.interpolate_to_seed is not None:
+        msg.interpolate_to_seed = request.interpolate_to_seed
     return msg
+
+
+# --- TranslateRequest ------------------------------------------------------------------------
+
+MAX_PNG_PIXELS = 4096 * 4096  # larger PNGs are refused before their pixels are decoded
+# PNG modes a translator accepts, and the mode each is read as: palette and 1-bit images are
+# expanded, so that every value is a grey or colour level.
+_PNG_MODES = {"1": "L", "L": "L", "LA": "LA", "P": "RGB", "RGB": "RGB", "RGBA": "RGBA"}
+
+
+def translate_request_from_proto(msg: pb.TranslateRequest) -> tuple[TranslateRequest, ImageEncoding]:
+    """Wire request -> domain request (images decoded to uint8 (H, W, C)) and the response encoding."""
+    if not msg.model:
+        raise InvalidArgument("model must be set to a name from ListModels")
+    if msg.pngs and msg.HasField("raw"):
+        raise InvalidArgument("set either pngs or raw, not both")
+    if msg.pngs:
+        pixels = tuple(_png_pixels(data, i) for i, data in enumerate(msg.pngs))
+    elif msg.HasField("raw"):
+        pixels = _raw_images(tensor_from_proto(msg.raw))
+    else:
+        raise InvalidArgument("no images: set pngs (PNG files) or raw (a uint8 tensor (N, H, W) or (N, H, W, C))")
+    request = TranslateRequest(msg.model, pixels, priority=msg.priority, timeout=_timeout_from_proto(msg))
+    return request, _enum_from_pb(_ENCODING_FROM_PB, msg.encoding, "encoding", pb.ImageEncoding)
+
+
+def translate_request_to_proto(
+    model: str,
+    raw: np.ndarray | None = None,
+    pngs: Sequence[bytes] = (),
+    encoding: ImageEncoding = ImageEncoding.PNG_AND_RAW,
+    priority: int = 0,
+    timeout: float | None = None,
+) -> pb.TranslateRequest:
+    """Images as one uint8 tensor ``raw`` (N, H, W) or (N, H, W, C), or as PNG files ``pngs``."""
+    msg = pb.TranslateRequest(model=model, pngs=pngs, encoding=_ENCODING[encoding], priority=priority)
+    if raw is not None:
+        msg.raw.CopyFrom(tensor_to_proto(raw))
+    if timeout is not None:
+        msg.timeout_ms = max(1, round(timeout * 1000))
+    return msg
+
+
+def _png_pixels(data: bytes, index: int) -> np.ndarray:
+    """PNG file bytes -> uint8 (H, W, C); InvalidArgument naming the image's index if it is not one."""
+    try:
+        with PILImage.open(io.BytesIO(data)) as img:
+            if img.format != "PNG":
+                raise InvalidArgument(f"image {index} is a {img.format} file, not a PNG")
+            width, height = img.size
+            if width * height > MAX_PNG_PIXELS:
+                raise InvalidArgument(f"image {index} is {width}x{height}, larger than any model takes")
+            if img.mode not in _PNG_MODES:
+                raise InvalidArgument(f"image {index} is a PNG of mode {img.mode}; send 8-bit grey or RGB")
+            pixels = np.asarray(img.convert(_PNG_MODES[img.mode]))
+    except InvalidArgument:
+        raise
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, zlib.error... on corrupt files
+        raise InvalidArgument(f"image {index} is not a decodable PNG ({type(exc).__name__}: {exc})") from exc
+    return pixels if pixels.ndim == 3 else pixels[:, :, None]
+
+
+def _raw_images(array: np.ndarray) -> tuple[np.ndarray, ...]:
+    """uint8 (N, H, W) or (N, H, W, C) -> N images (H, W, C)."""
+    if array.dtype != np.uint8 or array.ndim not in (3, 4):
+        raise InvalidArgument(
+            f"raw must be a uint8 tensor (N, H, W) or (N, H, W, C), got {array.dtype} {list(array.shape)}"
+        )
+    return tuple(array if array.ndim == 4 else array[..., None])
 
 
 # --- Tensors and images ----------------------------------------------------------------------
@@ -192,8 +277,13 @@ def generate_response_to_proto(model: str, batch: np.ndarray, encoding: ImageEnc
     return pb.GenerateResponse(model=model, images=[image_to_proto(image, encoding) for image in batch])
 
 
-def images_from_response(msg: pb.GenerateResponse) -> np.ndarray:
-    """The raw tensors of a GenerateResponse -> uint8 (N, H, W, C)."""
+def translate_response_to_proto(model: str, batch: np.ndarray, encoding: ImageEncoding) -> pb.TranslateResponse:
+    """uint8 images (N, H, W, C) -> TranslateResponse."""
+    return pb.TranslateResponse(model=model, images=[image_to_proto(image, encoding) for image in batch])
+
+
+def images_from_response(msg: pb.GenerateResponse | pb.TranslateResponse) -> np.ndarray:
+    """The raw tensors of a GenerateResponse or TranslateResponse -> uint8 (N, H, W, C)."""
     arrays = []
     for i, image in enumerate(msg.images):
         if not image.HasField("raw"):
@@ -204,7 +294,7 @@ def images_from_response(msg: pb.GenerateResponse) -> np.ndarray:
     return np.stack(arrays)
 
 
-def pngs_from_response(msg: pb.GenerateResponse) -> list[bytes]:
+def pngs_from_response(msg: pb.GenerateResponse | pb.TranslateResponse) -> list[bytes]:
     return [image.png for image in msg.images]
 
 
@@ -212,18 +302,22 @@ def pngs_from_response(msg: pb.GenerateResponse) -> list[bytes]:
 
 
 def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
-    c, h, w = info.image_shape
     msg = pb.ModelInfo(
         name=info.name,
         kind=_KIND[info.kind],
         version=info.version,
-        image_shape=pb.ImageShape(channels=c, height=h, width=w),
+        image_shape=_image_shape_to_proto(info.image_shape),
         max_images_per_request=info.max_images,
         metrics={k: float(v) for k, v in info.metrics.items() if _is_number(v)},
         metrics_json=json.dumps(info.metrics, sort_keys=True),
         description=info.description,
         dataset=info.dataset,
+        num_classes=info.num_classes or 0,
+        latent_dim=info.latent_dim or 0,
+        input_description=info.input_description,
     )
+    if info.input_shape is not None:
+        msg.input_shape.CopyFrom(_image_shape_to_proto(info.input_shape))
     if info.kind is ModelKind.DIFFUSION:
         msg.diffusion.CopyFrom(
             pb.DiffusionInfo(
@@ -243,7 +337,7 @@ def model_info_from_proto(msg: pb.ModelInfo) -> ModelInfo:
         name=msg.name,
         kind=_enum_from_pb(_KIND_FROM_PB, msg.kind, "kind", pb.ModelKind),
         version=msg.version,
-        image_shape=(msg.image_shape.channels, msg.image_shape.height, msg.image_shape.width),
+        image_shape=_image_shape_from_proto(msg.image_shape),
         max_images=msg.max_images_per_request,
         num_timesteps=diffusion.num_timesteps if diffusion else None,
         default_steps=diffusion.default_steps if diffusion else None,
@@ -251,7 +345,20 @@ def model_info_from_proto(msg: pb.ModelInfo) -> ModelInfo:
         metrics=json.loads(msg.metrics_json) if msg.metrics_json else dict(msg.metrics),
         description=msg.description,
         dataset=msg.dataset,
+        num_classes=msg.num_classes or None,
+        latent_dim=msg.latent_dim or None,
+        input_shape=_image_shape_from_proto(msg.input_shape) if msg.HasField("input_shape") else None,
+        input_description=msg.input_description,
     )
+
+
+def _image_shape_to_proto(shape: tuple[int, int, int]) -> pb.ImageShape:
+    c, h, w = shape
+    return pb.ImageShape(channels=c, height=h, width=w)
+
+
+def _image_shape_from_proto(msg: pb.ImageShape) -> tuple[int, int, int]:
+    return msg.channels, msg.height, msg.width
 
 
 def list_models_request() -> pb.ListModelsRequest:

@@ -24,6 +24,26 @@ class GenerateRequest:
     clip_denoised: bool = True  # clip x̂₀ to [-1, 1] as Ho et al.'s code does; False = Algorithm 2 verbatim
     priority: int = 0  # queue priority level, 1 = first; 0 = the model's default
     timeout: float | None = None  # seconds from arrival; the request fails DEADLINE_EXCEEDED after it
+    label: int | None = None  # class-conditional samplers only; None = a class per image from (seed, index)
+    interpolate_to_seed: int | None = None  # samplers only: num_images frames from seed's to this seed's latent
+
+
+@dataclass(frozen=True, eq=False)
+class TranslateRequest:
+    """Images for a translator model, each uint8 (H, W, C) as the client sent it (sizes are checked
+    against the model by the runner, so a wrong one can be named by its index)."""
+
+    model: str
+    images: tuple[np.ndarray, ...]
+    priority: int = 0  # as GenerateRequest
+    timeout: float | None = None  # as GenerateRequest
+
+    @property
+    def num_images(self) -> int:
+        return len(self.images)
+
+
+Request = GenerateRequest | TranslateRequest  # what a one-pass model's scheduler and runner take
 
 
 @dataclass(frozen=True)
@@ -47,6 +67,10 @@ class ModelInfo:
     metrics: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     dataset: str = ""
+    num_classes: int | None = None  # class-conditional models: labels 0 .. num_classes - 1
+    latent_dim: int | None = None  # samplers only
+    input_shape: tuple[int, int, int] | None = None  # translators only: (C, H, W) of each input image
+    input_description: str = ""  # translators only: how an input image is made
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, max_images: int) -> ModelInfo:
@@ -63,4 +87,8 @@ class ModelInfo:
             metrics=dict(manifest.metrics),
             description=manifest.description,
             dataset=manifest.dataset,
+            num_classes=manifest.num_classes,
+            latent_dim=manifest.latent_dim,
+            input_shape=manifest.input_shape,
+            input_description=manifest.input_description,
         )

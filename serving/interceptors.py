@@ -1,8 +1,15 @@
-"""Errors mapped to gRPC statuses once, for every RPC of the server (after TGI's ExceptionInterceptor).
+"""Errors mapped to gRPC statuses once, for every RPC of genserve's services (after TGI's
+ExceptionInterceptor).
 
 A ``ServingError`` becomes its status from ``errors.STATUS`` with its message; anything else is a
 bug: INTERNAL with a generic message for the client and the traceback in the log. Servicers just
 raise domain errors and never touch status codes.
+
+The wrapping is done once, when a servicer is registered (``with_error_statuses``), not by a
+``grpc.aio.ServerInterceptor``: an interceptor runs as Python coroutines on every call and
+rebuilds the method handler each time, on the event loop, the server's bottleneck on small
+requests (perf_analyzer on dcgan-mnist at concurrency 16: 942 -> 1,023 req/s, means of 2 and 3
+runs that each vary by about 10%).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 
 from genserve.serving.errors import ServingError, status_name
 
@@ -67,21 +75,10 @@ def _wrap(behavior: Callable[..., Any] | None, method: str) -> Callable[..., Any
     return behavior  # a synchronous handler: grpc.aio runs it in a thread; not used by genserve
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Wrap every method handler so that exceptions leave as the right gRPC status."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        return handler._replace(
-            unary_unary=_wrap(handler.unary_unary, method),
-            unary_stream=_wrap(handler.unary_stream, method),
-            stream_unary=_wrap(handler.stream_unary, method),
-            stream_stream=_wrap(handler.stream_stream, method),
-        )
+def with_error_statuses(servicer: Any, service: ServiceDescriptor) -> Any:
+    """``servicer`` with every RPC method of ``service`` wrapped so that exceptions leave as the
+    right gRPC status; register the result with the generated ``add_..._to_server``."""
+    for method in service.methods:
+        behavior = getattr(servicer, method.name)
+        setattr(servicer, method.name, _wrap(behavior, f"/{service.full_name}/{method.name}"))
+    return servicer

@@ -8,28 +8,40 @@ client and other KServe v2 clients work against genserve unchanged. This module 
 counterpart of ``servicer`` and ``convert`` together: it is the only module that imports
 tritonclient's generated code (the KServe conversions live here, in one module of their own).
 Like every servicer it raises domain errors and never sets a status code
-(``interceptors.ErrorInterceptor`` maps them).
+(``interceptors.with_error_statuses`` maps them).
 
-Tensor contract, every model (``max_batch_size`` = the model's ``max_images``, batch dim first):
+Tensor contract (``max_batch_size`` = the model's ``max_images``, batch dim first; one row = one
+image, and each row is submitted as its own one-image request):
 
-    input  SEED   INT64  dims [1]   required; row r asks for one image, made from seed SEED[r]
-    input  STEPS  INT32  dims [1]   diffusion models only, optional; the same value on every row;
-                                    absent = the model's default steps
-    output IMAGE  UINT8  dims [H, W, C]
+    samplers and diffusion models
+    input  SEED        INT64  dims [1]          required; row r is made from seed SEED[r]
+    input  STEPS       INT32  dims [1]          diffusion only, optional; the same on every row;
+                                                absent = the model's default steps
+    input  LABEL       INT32  dims [1]          class-conditional models only, optional; absent =
+                                                a class per image drawn from its seed
+    translators
+    input  SOURCE      UINT8  dims [h, w, c]    required; the model's input image (input_shape)
+    every model
+    output IMAGE       UINT8  dims [H, W, C]    returned when no output is named, or when named
+    output IMAGE_FP32  FP32   dims [H, W, C]    only when named: IMAGE / 255, for float pipelines
 
 Row r of IMAGE is byte for byte image 0 of genserve's own ``Generate(model, num_images=1,
-seed=SEED[r], steps=STEPS)``. Each row is submitted to the model's scheduler as its own
-one-image request, all of them concurrently, so the dynamic batcher (one-pass models) or the
-step scheduler (diffusion) batches them with each other and with every other client's work; each
-row counts against the model's ``max_queue_size``. The call's gRPC deadline bounds every row, and
-the request parameter ``timeout`` (microseconds, as ``tritonclient``'s ``timeout=`` sends it)
-adds a queue timeout; other request parameters are ignored.
+seed=SEED[r], steps=STEPS, label=LABEL[r])``, or of ``Translate(model, [SOURCE[r]])``. The rows
+are submitted concurrently, so the dynamic batcher (one-pass models) or the step scheduler
+(diffusion) batches them with each other and with every other client's work; each row counts
+against the model's ``max_queue_size``. The call's gRPC deadline bounds every row, and the
+request parameter ``timeout`` (microseconds, as ``tritonclient``'s ``timeout=`` sends it) adds a
+queue timeout; other request parameters are ignored. Unlike Triton, a call naming no output gets
+IMAGE only (not every output): the float copy is four times the bytes and few clients want it.
 
 Inputs come as little-endian ``raw_input_contents`` (what Triton's clients send) or in the typed
-``contents`` fields (``int64_contents`` for SEED, ``int_contents`` for STEPS); the output is
-returned in ``raw_output_contents``, which is what Triton's clients read. Shared-memory tensors,
-streaming inference and the repository-control, shared-memory, trace and log RPCs are not
-supported (UNIMPLEMENTED, the generated base class's answer).
+``contents`` fields (``int64_contents`` for SEED, ``int_contents`` for STEPS and LABEL,
+``uint_contents`` for SOURCE); outputs are returned in ``raw_output_contents``, which is what
+Triton's clients read. ModelStreamInfer takes a stream of ModelInferRequests and answers each
+with one ModelStreamInferResponse as soon as it is done (so not always in request order; match
+them by ``id``); a failed request gets ``error_message`` and the stream goes on. Shared-memory
+tensors and the repository-control, shared-memory, trace and log RPCs are not supported
+(UNIMPLEMENTED, the generated base class's answer).
 
 ModelStatistics: ``success`` and ``fail`` count this API's ModelInfer calls with their wall time.
 ``queue``, ``compute_infer``, ``execution_count`` and ``inference_count`` are the model's
@@ -59,24 +71,27 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from genserve.serving.config import ServerConfig
-from genserve.serving.domain import GenerateRequest, ModelInfo
-from genserve.serving.errors import InvalidArgument, NotFound
+from genserve.serving.domain import GenerateRequest, ModelInfo, Request, TranslateRequest
+from genserve.serving.errors import InvalidArgument, NotFound, ServingError
 from genserve.serving.metrics import Metrics, Totals
 from genserve.serving.scheduler import ModelScheduler
 from genserve.serving.servicer import ModelRegistry
 from genserve.signature import ModelKind
 
-SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name  # "inference.GRPCInferenceService"
+SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+SERVICE_NAME: str = SERVICE_DESCRIPTOR.full_name  # "inference.GRPCInferenceService"
 SERVER_NAME = "genserve"
 # Triton protocol extensions genserve implements in full: the ModelConfig and ModelStatistics RPCs.
 EXTENSIONS = ("model_configuration", "statistics")
-SEED, STEPS, IMAGE = "SEED", "STEPS", "IMAGE"
+SEED, STEPS, LABEL, SOURCE = "SEED", "STEPS", "LABEL", "SOURCE"
+IMAGE, IMAGE_FP32 = "IMAGE", "IMAGE_FP32"
 READY = "READY"
 
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One tensor of the contract: KServe datatype, Triton config type, little-endian NumPy dtype."""
+    """One tensor of the contract: KServe datatype, Triton config type, little-endian NumPy dtype,
+    dims of one row."""
 
     name: str
     datatype: str
@@ -84,21 +99,33 @@ class TensorSpec:
     dtype: np.dtype
     contents_field: str = ""  # where typed contents carry it (inputs only)
     optional: bool = False
+    dims: tuple[int, ...] = (1,)
+
+    @property
+    def row_size(self) -> int:
+        return int(np.prod(self.dims))
 
 
 _SEED = TensorSpec(SEED, "INT64", mc.TYPE_INT64, np.dtype("<i8"), "int64_contents")
 _STEPS = TensorSpec(STEPS, "INT32", mc.TYPE_INT32, np.dtype("<i4"), "int_contents", optional=True)
-_IMAGE = TensorSpec(IMAGE, "UINT8", mc.TYPE_UINT8, np.dtype(np.uint8))
+_LABEL = TensorSpec(LABEL, "INT32", mc.TYPE_INT32, np.dtype("<i4"), "int_contents", optional=True)
 
 
 def input_specs(info: ModelInfo) -> tuple[TensorSpec, ...]:
-    return (_SEED, _STEPS) if info.kind is ModelKind.DIFFUSION else (_SEED,)
+    if info.kind is ModelKind.TRANSLATOR:
+        c, h, w = info.input_shape
+        return (TensorSpec(SOURCE, "UINT8", mc.TYPE_UINT8, np.dtype(np.uint8), "uint_contents", dims=(h, w, c)),)
+    specs = (_SEED, _STEPS) if info.kind is ModelKind.DIFFUSION else (_SEED,)
+    return specs + (_LABEL,) if info.num_classes is not None else specs
 
 
-def image_dims(info: ModelInfo) -> list[int]:
-    """The output's per-row dims [H, W, C] (genserve images are uint8 HWC; ``image_shape`` is CHW)."""
+def output_specs(info: ModelInfo) -> tuple[TensorSpec, ...]:
+    """IMAGE, then IMAGE_FP32: per-row dims [H, W, C] (genserve images are HWC; image_shape is CHW)."""
     c, h, w = info.image_shape
-    return [h, w, c]
+    return (
+        TensorSpec(IMAGE, "UINT8", mc.TYPE_UINT8, np.dtype(np.uint8), dims=(h, w, c)),
+        TensorSpec(IMAGE_FP32, "FP32", mc.TYPE_FP32, np.dtype("<f4"), dims=(h, w, c)),
+    )
 
 
 def platform(config: ServerConfig) -> str:
@@ -110,30 +137,26 @@ def platform(config: ServerConfig) -> str:
 
 @dataclass(frozen=True)
 class InferCall:
-    """A decoded ModelInferRequest: one image per seed, with these steps and this queue timeout."""
+    """A decoded ModelInferRequest: one domain request per row, and the outputs to return."""
 
-    seeds: tuple[int, ...]
-    steps: int | None
-    timeout: float | None  # seconds
-
-    def requests(self, model: str) -> list[GenerateRequest]:
-        """Row r as genserve's own Generate(model, num_images=1, seed=seeds[r], steps=steps)."""
-        return [GenerateRequest(model, 1, seed=s, steps=self.steps, timeout=self.timeout) for s in self.seeds]
+    rows: tuple[Request, ...]
+    outputs: tuple[TensorSpec, ...]
 
 
 def _describe(specs: Iterable[TensorSpec]) -> str:
-    return ", ".join(f"{s.name} ({s.datatype} [-1, 1]{', optional' if s.optional else ''})" for s in specs)
+    return ", ".join(f"{s.name} ({s.datatype} {[-1, *s.dims]}{', optional' if s.optional else ''})" for s in specs)
 
 
-def _rows(name: str, model: str, shape: list[int], max_batch: int) -> int:
-    """Rows of an input of dims [1]; InvalidArgument unless ``shape`` is [B, 1] with 1 <= B <= max_batch."""
-    if len(shape) != 2 or shape[1] != 1:
+def _rows(spec: TensorSpec, model: str, shape: list[int], max_batch: int) -> int:
+    """Rows of an input; InvalidArgument unless ``shape`` is [B, *dims] with 1 <= B <= max_batch."""
+    if shape[1:] != list(spec.dims):
         raise InvalidArgument(
-            f"input {name} of model {model} must have shape [batch, 1] (dims [1] with a batch dimension), got {shape}"
+            f"input {spec.name} of model {model} must have shape [batch, {', '.join(map(str, spec.dims))}] "
+            f"(dims {list(spec.dims)} with a batch dimension), got {shape}"
         )
     if not 1 <= shape[0] <= max_batch:
         raise InvalidArgument(
-            f"input {name} of model {model} has batch size {shape[0]}; it must be in [1, {max_batch}] "
+            f"input {spec.name} of model {model} has batch size {shape[0]}; it must be in [1, {max_batch}] "
             f"(max_batch_size of {model})"
         )
     return shape[0]
@@ -142,43 +165,47 @@ def _rows(name: str, model: str, shape: list[int], max_batch: int) -> int:
 def _values(
     tensor: pb.ModelInferRequest.InferInputTensor, spec: TensorSpec, raw: bytes | None, rows: int
 ) -> np.ndarray:
-    """The ``rows`` values of one input, from its raw bytes or its typed contents."""
+    """The ``rows`` rows of one input, (rows, *dims), from its raw bytes or its typed contents."""
+    count = rows * spec.row_size
     if raw is not None:
         if tensor.HasField("contents"):
             raise InvalidArgument(f"input {spec.name} has both raw_input_contents and contents; send one of them")
-        expected = rows * spec.dtype.itemsize
+        expected = count * spec.dtype.itemsize
         if len(raw) != expected:
             raise InvalidArgument(
                 f"input {spec.name} ({spec.datatype} {list(tensor.shape)}) needs {expected} bytes of "
                 f"raw_input_contents, got {len(raw)}"
             )
-        return np.frombuffer(raw, dtype=spec.dtype)
+        return np.frombuffer(raw, dtype=spec.dtype).reshape(rows, *spec.dims)
     values = getattr(tensor.contents, spec.contents_field)
-    if len(values) != rows:
+    if len(values) != count:
         raise InvalidArgument(
-            f"input {spec.name} ({spec.datatype} {list(tensor.shape)}) needs {rows} values in "
+            f"input {spec.name} ({spec.datatype} {list(tensor.shape)}) needs {count} values in "
             f"contents.{spec.contents_field}, got {len(values)} (or send raw_input_contents)"
         )
-    return np.asarray(values, dtype=spec.dtype)
+    info = np.iinfo(spec.dtype) if spec.dtype.kind in "iu" else None
+    array = np.asarray(values)
+    if info is not None and array.size and (array.min() < info.min or array.max() > info.max):
+        raise InvalidArgument(f"input {spec.name} has values outside the range of {spec.datatype}")
+    return array.astype(spec.dtype).reshape(rows, *spec.dims)
 
 
-def infer_call_from_proto(msg: pb.ModelInferRequest, info: ModelInfo) -> InferCall:
-    """Check a ModelInferRequest against the model's tensor contract and decode it; InvalidArgument
-    naming the problem and what is allowed."""
+def _inputs(msg: pb.ModelInferRequest, info: ModelInfo) -> dict[str, np.ndarray]:
+    """Every input of the request, checked against the model's contract: name -> (rows, *dims)."""
     model, specs = info.name, {s.name: s for s in input_specs(info)}
     raws = list(msg.raw_input_contents)
     if raws and len(raws) != len(msg.inputs):
         raise InvalidArgument(
             f"raw_input_contents has {len(raws)} entries for {len(msg.inputs)} inputs; send one per input, in order"
         )
-    tensors: dict[str, tuple[pb.ModelInferRequest.InferInputTensor, bytes | None]] = {}
+    values: dict[str, np.ndarray] = {}
     for i, tensor in enumerate(msg.inputs):
         spec = specs.get(tensor.name)
         if spec is None:
             raise InvalidArgument(
                 f"model {model} has no input named {tensor.name!r}; its inputs: {_describe(specs.values())}"
             )
-        if tensor.name in tensors:
+        if tensor.name in values:
             raise InvalidArgument(f"input {tensor.name} is given more than once")
         if tensor.datatype != spec.datatype:
             raise InvalidArgument(
@@ -186,24 +213,40 @@ def infer_call_from_proto(msg: pb.ModelInferRequest, info: ModelInfo) -> InferCa
             )
         if "shared_memory_region" in tensor.parameters:
             raise InvalidArgument(f"input {spec.name}: shared memory is not supported by genserve; send the data")
-        tensors[tensor.name] = (tensor, raws[i] if raws else None)
-    if SEED not in tensors:
-        raise InvalidArgument(f"model {model} needs input {SEED}; its inputs: {_describe(specs.values())}")
+        rows = _rows(spec, model, list(tensor.shape), info.max_images)
+        if values and rows != len(next(iter(values.values()))):
+            first = next(iter(values))
+            raise InvalidArgument(
+                f"input {spec.name} has {rows} rows but {first} has {len(values[first])}; give every input the same"
+            )
+        values[spec.name] = _values(tensor, spec, raws[i] if raws else None, rows)
+    for spec in specs.values():
+        if not spec.optional and spec.name not in values:
+            raise InvalidArgument(f"model {model} needs input {spec.name}; its inputs: {_describe(specs.values())}")
+    return values
 
-    seed_tensor, seed_raw = tensors[SEED]
-    rows = _rows(SEED, model, list(seed_tensor.shape), info.max_images)
-    seeds = _values(seed_tensor, _SEED, seed_raw, rows)
+
+def infer_call_from_proto(msg: pb.ModelInferRequest, info: ModelInfo) -> InferCall:
+    """Check a ModelInferRequest against the model's tensor contract and decode it into one domain
+    request per row; InvalidArgument naming the problem and what is allowed."""
+    values = _inputs(msg, info)
+    timeout = _timeout(msg)
+    outputs = requested_outputs(msg, info)
+    model = info.name
+    if info.kind is ModelKind.TRANSLATOR:
+        return InferCall(tuple(TranslateRequest(model, (image,), timeout=timeout) for image in values[SOURCE]), outputs)
     steps = None
-    if STEPS in tensors:
-        steps_tensor, steps_raw = tensors[STEPS]
-        shape = list(steps_tensor.shape)
-        if _rows(STEPS, model, shape, info.max_images) != rows:
-            raise InvalidArgument(f"input {STEPS} has shape {shape} but {SEED} has {rows} rows; give both the same")
-        values = _values(steps_tensor, _STEPS, steps_raw, rows)
-        if np.any(values != values[0]):
-            raise InvalidArgument(f"input {STEPS} must be the same on every row, got {values.tolist()}")
-        steps = int(values[0])
-    return InferCall(tuple(int(s) for s in seeds), steps, _timeout(msg))
+    if STEPS in values:
+        column = values[STEPS][:, 0]
+        if np.any(column != column[0]):
+            raise InvalidArgument(f"input {STEPS} must be the same on every row, got {column.tolist()}")
+        steps = int(column[0])
+    labels = values[LABEL][:, 0].tolist() if LABEL in values else [None] * len(values[SEED])
+    rows = tuple(
+        GenerateRequest(model, 1, seed=int(seed), steps=steps, label=label, timeout=timeout)
+        for seed, label in zip(values[SEED][:, 0].tolist(), labels, strict=True)
+    )
+    return InferCall(rows, outputs)
 
 
 def _timeout(msg: pb.ModelInferRequest) -> float | None:
@@ -216,24 +259,37 @@ def _timeout(msg: pb.ModelInferRequest) -> float | None:
     return param.int64_param / 1e6 or None
 
 
-def requested_outputs(msg: pb.ModelInferRequest, model: str) -> None:
-    """InvalidArgument for a requested output the model does not have (IMAGE is its only one)."""
+def requested_outputs(msg: pb.ModelInferRequest, info: ModelInfo) -> tuple[TensorSpec, ...]:
+    """The outputs to return, in the order asked (IMAGE when none is named); InvalidArgument for
+    an output the model does not have."""
+    specs = {s.name: s for s in output_specs(info)}
+    if not msg.outputs:
+        return (specs[IMAGE],)
+    chosen = []
     for output in msg.outputs:
-        if output.name != IMAGE:
-            raise InvalidArgument(f"model {model} has no output named {output.name!r}; its outputs: {IMAGE} (UINT8)")
+        if output.name not in specs:
+            raise InvalidArgument(
+                f"model {info.name} has no output named {output.name!r}; its outputs: {_describe(specs.values())}"
+            )
         if "shared_memory_region" in output.parameters:
-            raise InvalidArgument(f"output {IMAGE}: shared memory is not supported by genserve")
+            raise InvalidArgument(f"output {output.name}: shared memory is not supported by genserve")
+        chosen.append(specs[output.name])
+    return tuple(chosen)
 
 
-def infer_response_to_proto(msg: pb.ModelInferRequest, info: ModelInfo, images: np.ndarray) -> pb.ModelInferResponse:
-    """uint8 images (B, H, W, C) -> ModelInferResponse with IMAGE in raw_output_contents."""
+def infer_response_to_proto(
+    msg: pb.ModelInferRequest, info: ModelInfo, images: np.ndarray, outputs: tuple[TensorSpec, ...]
+) -> pb.ModelInferResponse:
+    """uint8 images (B, H, W, C) -> ModelInferResponse with the asked outputs in raw_output_contents."""
     data = np.ascontiguousarray(images, dtype=np.uint8)
+    arrays = {IMAGE: data, IMAGE_FP32: (data / np.float32(255.0)).astype("<f4")}
+    tensor = pb.ModelInferResponse.InferOutputTensor
     return pb.ModelInferResponse(
         model_name=info.name,
         model_version=info.version,
         id=msg.id,
-        outputs=[pb.ModelInferResponse.InferOutputTensor(name=IMAGE, datatype=_IMAGE.datatype, shape=data.shape)],
-        raw_output_contents=[data.tobytes()],
+        outputs=[tensor(name=s.name, datatype=s.datatype, shape=data.shape) for s in outputs],
+        raw_output_contents=[arrays[s.name].tobytes() for s in outputs],
     )
 
 
@@ -246,8 +302,8 @@ def model_metadata_to_proto(info: ModelInfo, config: ServerConfig) -> pb.ModelMe
         name=info.name,
         versions=[info.version],
         platform=platform(config),
-        inputs=[tensor(name=s.name, datatype=s.datatype, shape=[-1, 1]) for s in input_specs(info)],
-        outputs=[tensor(name=IMAGE, datatype=_IMAGE.datatype, shape=[-1, *image_dims(info)])],
+        inputs=[tensor(name=s.name, datatype=s.datatype, shape=[-1, *s.dims]) for s in input_specs(info)],
+        outputs=[tensor(name=s.name, datatype=s.datatype, shape=[-1, *s.dims]) for s in output_specs(info)],
     )
 
 
@@ -281,10 +337,10 @@ def model_config_to_proto(info: ModelInfo, config: ServerConfig) -> mc.ModelConf
         backend=SERVER_NAME,
         max_batch_size=info.max_images,
         input=[
-            mc.ModelInput(name=s.name, data_type=s.config_type, dims=[1], optional=s.optional)
+            mc.ModelInput(name=s.name, data_type=s.config_type, dims=s.dims, optional=s.optional)
             for s in input_specs(info)
         ],
-        output=[mc.ModelOutput(name=IMAGE, data_type=_IMAGE.config_type, dims=image_dims(info))],
+        output=[mc.ModelOutput(name=s.name, data_type=s.config_type, dims=s.dims) for s in output_specs(info)],
         dynamic_batching=batching,
         parameters={k: mc.ModelParameter(string_value=v) for k, v in parameters.items()},
     )
@@ -355,7 +411,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     def _model(self, name: str, version: str) -> tuple[ModelInfo, ModelScheduler]:
         """The served model ``name`` at ``version`` ("" = the served one); NotFound or Unavailable."""
         scheduler = self._registry.scheduler(name)  # NotFound listing the served models; Unavailable while loading
-        info = self._infos()[name]
+        info = self._registry.info(name)
         if version not in ("", info.version):
             raise NotFound(f"model {name} has no version {version!r}; it serves version {info.version!r} only")
         return info, scheduler
@@ -405,20 +461,59 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         )
 
     async def ModelInfer(self, request, context: grpc.aio.ServicerContext):
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
+        return await self._infer(request, _deadline(context))
+
+    async def ModelStreamInfer(self, request_iterator, context: grpc.aio.ServicerContext):
+        """Each request of the stream runs as it arrives; each answer is sent when it is done. A
+        failed request is answered with its error_message and the stream goes on; closing the
+        stream cancels what is still running."""
+        deadline = _deadline(context)
+        answers: asyncio.Queue = asyncio.Queue()
+        running: set[asyncio.Task] = set()
+
+        async def answer(request) -> None:
+            try:
+                response = pb.ModelStreamInferResponse(infer_response=await self._infer(request, deadline))
+            except ServingError as exc:
+                failed = pb.ModelInferResponse(id=request.id, model_name=request.model_name)
+                response = pb.ModelStreamInferResponse(error_message=str(exc), infer_response=failed)
+            await answers.put(response)
+
+        async def read() -> None:
+            async for request in request_iterator:
+                task = asyncio.ensure_future(answer(request))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            while running:
+                await asyncio.wait(set(running))
+            await answers.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (response := await answers.get()) is not None:
+                yield response
+            await reader  # raises what reading the stream raised
+        finally:
+            for task in (reader, *running):
+                task.cancel()
+
+    async def _infer(self, request, deadline: float | None) -> pb.ModelInferResponse:
         info, scheduler = self._model(request.model_name, request.model_version)
         stats = self._stats_of(info.name)
         started = stats.started()
         try:
             call = infer_call_from_proto(request, info)
-            requested_outputs(request, info.name)
-            images = await _gather([scheduler.submit(r, deadline) for r in call.requests(info.name)])
+            images = await _gather([scheduler.submit(row, deadline) for row in call.rows])
         except BaseException:  # cancellations too: the call did not succeed
             stats.failed(started)
             raise
         stats.succeeded(started)
-        return infer_response_to_proto(request, info, images)
+        return infer_response_to_proto(request, info, images, call.outputs)
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
 
 
 def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:

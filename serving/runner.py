@@ -1,8 +1,9 @@
 """ModelRunner: one served model = manifest + engine + the request logic of its kind.
 
 ``generate`` is synchronous and pure given the engine: the same request gives the same bytes.
-Latents and diffusion noise come from ``genserve.noise`` keyed by (seed, image index, step),
-so an image never depends on how a request is split into engine batches.
+Latents, random class labels and diffusion noise come from ``genserve.noise`` keyed by (seed,
+image index, step), so an image never depends on how a request is split into engine batches;
+a translated image depends only on its own input image.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 from genserve import images, noise, schedule
 from genserve.manifest import Manifest, discover
 from genserve.serving.config import ModelSettings
-from genserve.serving.domain import GenerateRequest
+from genserve.serving.domain import GenerateRequest, Request, TranslateRequest
 from genserve.serving.engines import Backend, Engine, create_engine
 from genserve.serving.errors import Cancelled, InvalidArgument
 from genserve.signature import ModelKind
@@ -27,6 +28,12 @@ from genserve.signature import ModelKind
 log = logging.getLogger(__name__)
 
 MAX_IMAGES_PER_REQUEST = 256
+# The noise.slot_keys step of random class labels; no sampling step (0, 1, ...) collides with it.
+LABEL_STEP = -1
+
+Part = tuple[Request, int, int]  # units [start, stop) of a request: its images (or frames)
+
+_CHANNELS = {1: "grayscale", 2: "grayscale+alpha", 3: "RGB", 4: "RGBA"}
 
 
 @dataclass(frozen=True)
@@ -70,13 +77,22 @@ class ModelRunner:
     def max_images(self) -> int:
         return MAX_IMAGES_PER_REQUEST
 
-    def validate(self, request: GenerateRequest) -> DiffusionPlan | None:
+    @property
+    def conditional(self) -> bool:
+        """A class-conditional sampler: its graph takes a label per image."""
+        return self.manifest.kind is ModelKind.SAMPLER and self.manifest.num_classes is not None
+
+    def validate(self, request: Request) -> DiffusionPlan | None:
         """Raise InvalidArgument naming what is allowed; return the diffusion plan if any."""
+        if isinstance(request, TranslateRequest):
+            self._validate_translate(request)
+            return None
         m = self.manifest
-        if not 1 <= request.num_images <= self.max_images:
-            raise InvalidArgument(
-                f"num_images must be in [1, {self.max_images}] for model {m.name}, got {request.num_images}"
-            )
+        self._check_count(request.num_images, "num_images")
+        if m.kind is ModelKind.TRANSLATOR:
+            raise InvalidArgument(f"{m.name} is a translator model: send it images with Translate, not Generate")
+        self._validate_label(request.label)
+        self._validate_interpolation(request)
         if m.kind is not ModelKind.DIFFUSION:
             for field in ("steps", "sampler", "eta"):
                 if getattr(request, field) is not None:
@@ -101,9 +117,47 @@ class ModelRunner:
         )
         return DiffusionPlan(sampler, ts, coefs.astype(np.float32))
 
-    def generate(
-        self, request: GenerateRequest, cancelled: threading.Event | None = None, instance: int = 0
-    ) -> np.ndarray:
+    def _check_count(self, n: int, what: str) -> None:
+        if not 1 <= n <= self.max_images:
+            raise InvalidArgument(f"{what} must be in [1, {self.max_images}] for model {self.name}, got {n}")
+
+    def _validate_label(self, label: int | None) -> None:
+        m = self.manifest
+        if label is None:
+            return
+        if not self.conditional:
+            raise InvalidArgument(f"label applies to class-conditional samplers only; {m.name} is not one")
+        if not 0 <= label < m.num_classes:
+            raise InvalidArgument(f"label must be in [0, {m.num_classes}) for model {m.name}, got {label}")
+
+    def _validate_interpolation(self, request: GenerateRequest) -> None:
+        m = self.manifest
+        if request.interpolate_to_seed is None:
+            return
+        if m.kind is not ModelKind.SAMPLER:
+            raise InvalidArgument(
+                f"interpolate_to_seed applies to latent samplers only; {m.name} is a {m.kind.value} model"
+            )
+        if request.num_images < 2:
+            raise InvalidArgument(
+                f"an interpolation needs num_images >= 2 frames (both ends included), got {request.num_images}"
+            )
+
+    def _validate_translate(self, request: TranslateRequest) -> None:
+        m = self.manifest
+        if m.kind is not ModelKind.TRANSLATOR:
+            raise InvalidArgument(
+                f"Translate takes translator models; {m.name} is a {m.kind.value} model (use Generate)"
+            )
+        self._check_count(request.num_images, "the number of images")
+        c, h, w = m.input_shape
+        for i, image in enumerate(request.images):
+            if image.shape != (h, w, c):
+                raise InvalidArgument(
+                    f"expected {w}x{h} {_channels(c)} images for {m.name}, got {_describe(image)} at index {i}"
+                )
+
+    def generate(self, request: Request, cancelled: threading.Event | None = None, instance: int = 0) -> np.ndarray:
         """Run a request to completion: uint8 images (N, H, W, C).
 
         Once ``cancelled`` is set, raise Cancelled before the next engine call (engine calls cannot
@@ -111,7 +165,7 @@ class ModelRunner:
         return images.to_uint8(self.generate_float(request, cancelled, instance))
 
     def generate_float(
-        self, request: GenerateRequest, cancelled: threading.Event | None = None, instance: int = 0
+        self, request: Request, cancelled: threading.Event | None = None, instance: int = 0
     ) -> np.ndarray:
         """The model's raw output in [-1, 1] (unclipped for diffusion), float32 (N, C, H, W)."""
         plan = self.validate(request)
@@ -119,24 +173,75 @@ class ModelRunner:
         out = []
         for start in range(0, request.num_images, engine.max_batch_size):
             _stop_if(cancelled)
-            index = np.arange(start, min(start + engine.max_batch_size, request.num_images))
-            seeds = np.full(len(index), request.seed, dtype=np.int64)
+            stop = min(start + engine.max_batch_size, request.num_images)
             if plan is None:
-                out.append(self._sample(engine, seeds, index))
+                out.append(self._run_once(engine, [(request, start, stop)]))
             else:
+                index = np.arange(start, stop)
+                seeds = np.full(len(index), request.seed, dtype=np.int64)
                 out.append(self._diffuse(engine, seeds, index, plan, cancelled))
         return np.concatenate(out)
 
-    def sample_images(self, seeds: np.ndarray, index: np.ndarray, instance: int = 0) -> np.ndarray:
-        """One engine batch of a one-pass sampler: image ``index[i]`` of seed ``seeds[i]``, uint8 (B, H, W, C).
+    def run_images(self, parts: Sequence[Part], instance: int = 0) -> np.ndarray:
+        """One engine call of a one-pass model on units [start, stop) of several validated requests:
+        uint8 (B, H, W, C), rows in the order of ``parts``.
 
         The batcher mixes images of several requests in one call; each image depends only on its
-        own (seed, index), so the mix never shows in the results."""
-        return images.to_uint8(self._sample(self.engines[instance], seeds, index))
+        own request and index, so the mix never shows in the results."""
+        return images.to_uint8(self._run_once(self.engines[instance], parts))
 
-    def _sample(self, engine: Engine, seeds: np.ndarray, index: np.ndarray) -> np.ndarray:
-        z = noise.gaussian(seeds, index, np.full(len(index), noise.INITIAL_STEP), (self.manifest.latent_dim,))
-        return next(iter(engine.run({"z": z}).values()))
+    def sample_images(self, seeds: np.ndarray, index: np.ndarray, instance: int = 0) -> np.ndarray:
+        """One engine call of a sampler on independent images: image ``index[i]`` of seed ``seeds[i]``,
+        uint8 (B, H, W, C) (what the engine-scaling benchmark times)."""
+        feeds = self._sample_feeds(seeds, index)
+        return images.to_uint8(next(iter(self.engines[instance].run(feeds).values())))
+
+    def diffuse_images(
+        self, seeds: np.ndarray, index: np.ndarray, request: GenerateRequest, instance: int = 0
+    ) -> np.ndarray:
+        """A diffusion model's images ``index[i]`` of seeds ``seeds[i]``, all with ``request``'s
+        schedule, run to the end together (request-level batching, as a server without step-level
+        scheduling runs them: the Triton peer of the benchmarks): uint8 (B, H, W, C)."""
+        plan = self.validate(request)
+        return images.to_uint8(self._diffuse(self.engines[instance], seeds, index, plan))
+
+    def _run_once(self, engine: Engine, parts: Sequence[Part]) -> np.ndarray:
+        feeds = [self._feeds(request, start, stop) for request, start, stop in parts]
+        batch = {name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]}
+        return next(iter(engine.run(batch).values()))
+
+    def _feeds(self, request: Request, start: int, stop: int) -> dict[str, np.ndarray]:
+        """The graph inputs of units [start, stop) of one request."""
+        if isinstance(request, TranslateRequest):
+            return {"source": images.from_uint8(np.stack(request.images[start:stop]))}  # (k, C, h, w)
+        index = np.arange(start, stop)
+        if request.interpolate_to_seed is not None:
+            return self._interpolation_feeds(request, index)
+        return self._sample_feeds(np.full(len(index), request.seed, dtype=np.int64), index, request.label)
+
+    def _sample_feeds(self, seeds: np.ndarray, index: np.ndarray, label: int | None = None) -> dict[str, np.ndarray]:
+        """Latent z (and class label) of image ``index[i]`` of seed ``seeds[i]``: ``label`` for every
+        image, or (None) a class per image drawn from its (seed, index)."""
+        n = len(index)
+        feeds = {"z": noise.gaussian(seeds, index, np.full(n, noise.INITIAL_STEP), (self.manifest.latent_dim,))}
+        if self.conditional:
+            if label is None:
+                keys = noise.slot_keys(seeds, index, np.full(n, LABEL_STEP))
+                feeds["label"] = (keys % np.uint64(self.manifest.num_classes)).astype(np.int64)
+            else:
+                feeds["label"] = np.full(n, label, dtype=np.int64)
+        return feeds
+
+    def _interpolation_feeds(self, request: GenerateRequest, index: np.ndarray) -> dict[str, np.ndarray]:
+        """Frames ``index`` of the slerp from image 0 of ``seed`` to image 0 of ``interpolate_to_seed``,
+        all with the class of the first (the requested one, or image 0 of ``seed``'s)."""
+        ends = np.array([request.seed, request.interpolate_to_seed], dtype=np.int64)
+        end_feeds = self._sample_feeds(ends, np.zeros(2, dtype=np.int64), request.label)
+        z_a, z_b = end_feeds["z"]
+        feeds = {"z": slerp(z_a, z_b, index / (request.num_images - 1))}  # (k, latent_dim)
+        if self.conditional:
+            feeds["label"] = np.full(len(index), end_feeds["label"][0], dtype=np.int64)
+        return feeds
 
     def _diffuse(
         self,
@@ -157,6 +262,32 @@ class ModelRunner:
             feeds = {"x": x, "t": t, "coef": np.broadcast_to(coef, (n, len(coef))).copy(), "noise": z}
             x = engine.run(feeds)["x_prev"]
         return x
+
+
+def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Spherical interpolation (Shoemake 1985) from latent ``a`` (t = 0) to ``b`` (t = 1), float32
+    (len(t), D). Latent walks use it rather than a straight line (White 2016, "Sampling generative
+    networks"): a line between two Gaussian latents passes through norms the prior almost never
+    draws. The ends are ``a`` and ``b`` themselves, so the end frames are the seeds' own images."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    t = np.asarray(t, dtype=np.float64)[:, None]  # (F, 1)
+    norms = np.linalg.norm(a64) * np.linalg.norm(b64)
+    theta = np.arccos(np.clip(np.dot(a64, b64) / norms, -1.0, 1.0)) if norms > 0 else 0.0
+    if np.sin(theta) < 1e-6:  # a zero or (anti)parallel latent: no unique arc, so the line
+        path = (1.0 - t) * a64 + t * b64
+    else:
+        path = (np.sin((1.0 - t) * theta) * a64 + np.sin(t * theta) * b64) / np.sin(theta)
+    return np.where(t == 0.0, a64, np.where(t == 1.0, b64, path)).astype(np.float32)
+
+
+def _channels(c: int) -> str:
+    return _CHANNELS.get(c, f"{c}-channel")
+
+
+def _describe(image: np.ndarray) -> str:
+    """``32x32 RGB`` for a uint8 (H, W, C) image."""
+    h, w, c = image.shape
+    return f"{w}x{h} {_channels(c)}"
 
 
 def _stop_if(cancelled: threading.Event | None) -> None:

@@ -2,9 +2,9 @@
 
 The gRPC layer sees one interface, ``ModelScheduler.submit(request, deadline) -> images``:
 
-- ``ImageBatchScheduler`` (one-pass samplers, here): a ``DynamicBatcher`` whose unit is one
-  image. Images of several requests share engine calls, and a request for many images may span
-  several calls.
+- ``ImageBatchScheduler`` (one-pass samplers and translators, here): a ``DynamicBatcher`` whose
+  unit is one image (a generated image, an interpolation frame or a translated image). Images of
+  several requests share engine calls, and a request for many images may span several calls.
 - ``diffusion.DiffusionScheduler`` (diffusion models): step-level batching of image slots.
 
 Both validate a request before it queues, so a bad one is rejected at once, and share the
@@ -22,7 +22,7 @@ import numpy as np
 
 from genserve.serving.batcher import DynamicBatcher, Slice
 from genserve.serving.config import ModelSettings
-from genserve.serving.domain import GenerateRequest
+from genserve.serving.domain import Request
 from genserve.serving.engines import Engine
 from genserve.serving.metrics import ModelMetrics
 
@@ -33,15 +33,16 @@ class Runner(Protocol):
     name: str
     engines: Sequence[Engine]
 
-    def validate(self, request: GenerateRequest) -> object: ...
+    def validate(self, request: Request) -> object: ...
 
-    def sample_images(self, seeds: np.ndarray, index: np.ndarray, instance: int = 0) -> np.ndarray: ...
+    def run_images(self, parts: Sequence[tuple[Request, int, int]], instance: int = 0) -> np.ndarray: ...
 
 
 class ModelScheduler(Protocol):
-    async def submit(self, request: GenerateRequest, deadline: float | None = None) -> np.ndarray:
+    async def submit(self, request: Request, deadline: float | None = None) -> np.ndarray:
         """Run ``request`` to completion: uint8 images (N, H, W, C). ``deadline`` is a
-        ``time.monotonic()`` time (the call's). Raises domain errors."""
+        ``time.monotonic()`` time (the call's). Raises domain errors; a request the model does not
+        take (Translate on a sampler, Generate on a translator) is InvalidArgument."""
         ...
 
     async def close(self) -> None:
@@ -63,11 +64,9 @@ class ImageBatchScheduler:
         self.batcher = DynamicBatcher(runner.name, computes, policy, settings.queue_policy(), executor, metrics)
 
     def _compute(self, instance: int, slices: Sequence[Slice]) -> np.ndarray:
-        seeds = np.concatenate([np.full(s.units, s.payload.seed, dtype=np.int64) for s in slices])
-        index = np.concatenate([np.arange(s.start, s.stop) for s in slices])
-        return self.runner.sample_images(seeds, index, instance)
+        return self.runner.run_images([(s.payload, s.start, s.stop) for s in slices], instance)
 
-    async def submit(self, request: GenerateRequest, deadline: float | None = None) -> np.ndarray:
+    async def submit(self, request: Request, deadline: float | None = None) -> np.ndarray:
         self.runner.validate(request)
         return await self.batcher.submit(request, request.num_images, request.priority, deadline, request.timeout)
 

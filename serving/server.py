@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from genserve.serving import convert, kserve
 from genserve.serving.config import ConfigError, ServerConfig
-from genserve.serving.interceptors import ErrorInterceptor
+from genserve.serving.interceptors import with_error_statuses
 from genserve.serving.metrics import Metrics
 from genserve.serving.pb import genserve_pb2_grpc
 from genserve.serving.runner import ModelRunner, load_repository
@@ -55,7 +55,6 @@ class GenserveServer:
         """Bind, start serving health and reflection (NOT_SERVING), and return the bound port."""
         limit = self.config.max_message_bytes
         server = grpc.aio.server(
-            interceptors=[ErrorInterceptor()],
             options=[
                 ("grpc.max_send_message_length", limit),
                 ("grpc.max_receive_message_length", limit),
@@ -67,10 +66,12 @@ class GenserveServer:
                 ("grpc.server.max_pending_requests_hard_limit", 2 * CORE_PENDING_CALLS),
             ],
         )
+        generation = GenerationServicer(self.registry, self._executor, self.metrics)
         genserve_pb2_grpc.add_GenerationServiceServicer_to_server(
-            GenerationServicer(self.registry, self._executor, self.metrics), server
+            with_error_statuses(generation, convert.SERVICE_DESCRIPTOR), server
         )
-        kserve.add_to_server(kserve.InferenceServicer(self.registry, self.config, self.metrics), server)
+        inference = kserve.InferenceServicer(self.registry, self.config, self.metrics)
+        kserve.add_to_server(with_error_statuses(inference, kserve.SERVICE_DESCRIPTOR), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [convert.SERVICE_NAME, kserve.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server

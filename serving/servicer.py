@@ -1,6 +1,6 @@
 """The GenerationService servicer: proto -> domain, call the model's scheduler, domain -> proto.
 
-It holds no status codes (``interceptors.ErrorInterceptor`` maps the domain errors it raises) and
+It holds no status codes (``interceptors.with_error_statuses`` maps the domain errors it raises) and
 no tensor math (``convert`` and the runners). It counts each call's outcome for the metrics.
 """
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Call:
-    """One Generate/GenerateStream call as the metrics see it."""
+    """One Generate/GenerateStream/Translate call as the metrics see it."""
 
     deadline: float | None  # time.monotonic() time, or None
     model: str = UNKNOWN_MODEL  # until the request names a served model
@@ -62,6 +62,11 @@ class ModelRegistry:
 
     def infos(self) -> list[ModelInfo]:
         return list(self._infos.values())
+
+    def info(self, model: str) -> ModelInfo:
+        """The served model ``model`` (NotFound listing the served ones; Unavailable while loading)."""
+        self.scheduler(model)
+        return self._infos[model]
 
     def schedulers(self) -> dict[str, ModelScheduler]:
         return dict(self._schedulers)
@@ -96,6 +101,24 @@ class GenerationServicer(genserve_pb2_grpc.GenerationServiceServicer):
         log.debug("Generate model=%s n=%d seed=%d seconds=%.4f", req.model, req.num_images, req.seed, seconds)
         return response
 
+    async def Translate(self, request, context: grpc.aio.ServicerContext):
+        with self._outcome(context) as call:
+            req, encoding = await self._decode_translate(request)
+            scheduler = self._registry.scheduler(req.model)
+            call.model = req.model
+            images = await scheduler.submit(req, call.deadline)
+            response = await self._encode(req.model, images, encoding, convert.translate_response_to_proto)
+        seconds = time.perf_counter() - call.started
+        log.debug("Translate model=%s n=%d seconds=%.4f", req.model, req.num_images, seconds)
+        return response
+
+    async def _decode_translate(self, request):
+        """The domain request. Decoding PNGs is CPU work for a worker thread, like encoding them."""
+        if not request.pngs:
+            return convert.translate_request_from_proto(request)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, convert.translate_request_from_proto, request)
+
     @contextlib.contextmanager
     def _outcome(self, context: grpc.aio.ServicerContext) -> Iterator[_Call]:
         """The call's deadline (``time.monotonic()``) for the schedulers, and its outcome for the
@@ -116,13 +139,15 @@ class GenerationServicer(genserve_pb2_grpc.GenerationServiceServicer):
             self._metrics.count_request(call.model, code)
         self._metrics.for_model(call.model).request_seconds.observe(time.perf_counter() - call.started)
 
-    async def _encode(self, model: str, images, encoding: convert.ImageEncoding):
-        """The response message. PNG encoding is CPU work for a worker thread; raw tensors are a
-        copy of bytes, cheaper inline than the hop to a thread and back."""
+    async def _encode(
+        self, model: str, images, encoding: convert.ImageEncoding, to_proto=convert.generate_response_to_proto
+    ):
+        """The response message (``to_proto``: Generate's or Translate's). PNG encoding is CPU work for a
+        worker thread; raw tensors are a copy of bytes, cheaper inline than the hop to a thread and back."""
         if not encoding.png:
-            return convert.generate_response_to_proto(model, images, encoding)
+            return to_proto(model, images, encoding)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, convert.generate_response_to_proto, model, images, encoding)
+        return await loop.run_in_executor(self._executor, to_proto, model, images, encoding)
 
     async def GenerateStream(self, request, context: grpc.aio.ServicerContext):
         with self._outcome(context) as call:

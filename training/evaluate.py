@@ -6,21 +6,32 @@
   FID at 100 samples is noisy and biased upwards; only the ratio to the floor is meaningful.
 - The fraction of samples the classifier assigns to one class with probability >= 0.9, and
   the histogram of predicted classes (a collapsed generator misses classes).
+
+Models of issue 5 say in their manifest (``source.task``) what they do, and ``evaluate_task``
+measures what fits: FID for every model that produces digits, the fraction of samples of the
+asked class for a class-conditional sampler, PSNR/SSIM against the real digit (and bicubic
+upsampling as the baseline) for super-resolution, and whether MNIST -> digits -> MNIST keeps
+the class for CycleGAN. Translators are fed held-out inputs made by the recipes in
+``training/data.py``, the ones quoted in their manifests.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from scipy import linalg
 
 from genserve.nets import load_checkpoint
-from genserve.training.data import mnist_splits, to_model_range
+from genserve.training import data
+from genserve.training.data import mnist_splits, to_model_range, to_uint8
+from genserve.training.loop import server_latents
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +130,174 @@ def samples_from_folder(folder: Path, n: int, seed: int, steps: int | None = Non
     return runner.generate(GenerateRequest(runner.name, n, seed=seed, steps=steps))
 
 
-def record_metrics(folder: Path, report: QualityReport, settings: dict) -> None:
+def record_metrics(folder: Path, report: QualityReport | dict, settings: dict) -> None:
     """Store the report in the model's manifest, tied to the ONNX graph it was measured on."""
     from genserve import manifest as mf
 
     manifest = mf.Manifest.load(folder)
     metrics = {
-        **report.to_dict(),
+        **(report if isinstance(report, dict) else report.to_dict()),
         "eval": settings,
         "onnx_sha256": manifest.files.get(mf.ONNX_FILE),
     }
     mf.Manifest(**{**manifest.__dict__, "metrics": metrics}).write(folder)
+
+
+class Task(enum.Enum):
+    """What a model of issue 5 does, as its manifest's ``source.task`` says; picks its metrics."""
+
+    SAMPLE = "sample"
+    CONDITIONAL = "conditional"
+    RECONSTRUCT = "reconstruct"
+    EDGES2MNIST = "edges2mnist"
+    SUPERRES = "superres"
+    MNIST2DIGITS = "mnist2digits"
+    DIGITS2MNIST = "digits2mnist"
+
+
+class OnnxGraph:
+    """A model folder's ``model.onnx`` in ONNX Runtime (CPU): what is served, evaluated directly."""
+
+    def __init__(self, folder: Path, batch: int = 250):
+        import onnxruntime as ort
+
+        from genserve import manifest as mf
+
+        self.manifest = mf.Manifest.load(folder)
+        self.session = ort.InferenceSession(str(folder / mf.ONNX_FILE), providers=["CPUExecutionProvider"])
+        self.batch = min(batch, self.manifest.max_batch_size)
+
+    def __call__(self, **inputs: np.ndarray) -> np.ndarray:
+        """Feeds (N, ...) -> the graph's output (N, C, H, W), run in batches the manifest allows."""
+        n = len(next(iter(inputs.values())))
+        outputs = [
+            self.session.run(None, {k: v[i : i + self.batch] for k, v in inputs.items()})[0]
+            for i in range(0, n, self.batch)
+        ]
+        return np.concatenate(outputs)
+
+    def translate(self, images: np.ndarray) -> np.ndarray:
+        """uint8 inputs (N, h, w) -> uint8 outputs (N, 28, 28), the server's conversions both ways."""
+        return to_uint8(self(source=to_model_range(images).numpy()))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over images of 10 log10(255^2 / MSE), uint8 (N, H, W) each."""
+    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).reshape(len(a), -1).mean(1)
+    return float(np.mean(10.0 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean SSIM (Wang et al. 2004) over images: 11x11 Gaussian window (sigma 1.5), K1 = 0.01,
+    K2 = 0.03, data range 255, reflected borders, averaged over every pixel; uint8 (N, H, W)."""
+    from scipy.ndimage import gaussian_filter
+
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    blur = lambda x: gaussian_filter(x, sigma=(0, 1.5, 1.5), truncate=3.5, mode="reflect")  # noqa: E731
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return float(s.reshape(len(a), -1).mean(1).mean())
+
+
+def bicubic_upsample(low: np.ndarray, factor: int = 4) -> np.ndarray:
+    """The super-resolution baseline: uint8 (N, h, w) -> uint8 (N, factor h, factor w), bicubic
+    (torch, align_corners=False) in model range, clipped."""
+    x = torch.nn.functional.interpolate(to_model_range(low), scale_factor=factor, mode="bicubic", align_corners=False)
+    return to_uint8(x.clamp(-1.0, 1.0))
+
+
+def _fid_of(evaluator: Evaluator, images: np.ndarray, prefix: str = "") -> dict[str, float]:
+    report = evaluator.evaluate(images)
+    keys = ("num_samples", "fid", "fid_floor", "fid_ratio", "confident_fraction", "num_classes_present")
+    return {prefix + k: getattr(report, k) for k in keys}
+
+
+def _pair_metrics(evaluator: Evaluator, outputs: np.ndarray, targets: np.ndarray, prefix: str = "") -> dict:
+    """FID of ``outputs`` against held-out digits, and their PSNR/SSIM against the true digits."""
+    return {
+        **_fid_of(evaluator, outputs, prefix),
+        prefix + "psnr": round(psnr(outputs, targets), 3),
+        prefix + "ssim": round(ssim(outputs, targets), 4),
+    }
+
+
+def class_accuracy(evaluator: Evaluator, images: np.ndarray, labels: np.ndarray) -> tuple[float, list[float]]:
+    """Fraction of images the classifier assigns to ``labels``, overall and per class 0..9."""
+    _, probs = evaluator.features_and_probs(images)
+    hit = probs.argmax(1) == labels
+    return round(float(hit.mean()), 4), [round(float(hit[labels == c].mean()), 4) for c in range(10)]
+
+
+def _cycle_metrics(evaluator: Evaluator, a2b: OnnxGraph, b2a: OnnxGraph) -> dict:
+    """MNIST -> digits -> MNIST on every held-out MNIST digit: does the class survive? Also the
+    classifier's verdict on the digits-style images themselves (an MNIST classifier, so only indicative)."""
+    held_out = evaluator.held_out
+    to_b = a2b.translate(held_out.images)
+    back = b2a.translate(to_b)
+    kept, per_class = class_accuracy(evaluator, back, held_out.labels)
+    kept_in_b, _ = class_accuracy(evaluator, to_b, held_out.labels)
+    return {
+        "cycle_class_kept": kept,
+        "cycle_class_kept_per_class": per_class,
+        "cycle_num_digits": len(back),
+        "class_kept_in_digits_style": kept_in_b,
+        "cycle_l1": round(float(np.abs(back.astype(np.float64) - held_out.images).mean() / 255.0), 4),
+    }
+
+
+def evaluate_task(folder: Path, num_samples: int | None, seed: int, evaluator: Evaluator) -> tuple[dict, np.ndarray]:
+    """Metrics of an issue-5 model folder, and a 10x10 grid's worth of uint8 tiles (100, 28, 28):
+    samples for samplers, alternating rows of 10 inputs and their 10 outputs for translators."""
+    graph = OnnxGraph(folder)
+    task = Task(graph.manifest.source["task"])
+    held_out = evaluator.held_out
+    if task in (Task.SAMPLE, Task.CONDITIONAL):
+        n = num_samples or 100
+        feeds: dict[str, Any] = {"z": server_latents(n, graph.manifest.latent_dim, seed).numpy()}
+        if task is Task.CONDITIONAL:
+            feeds["label"] = np.arange(n, dtype=np.int64) % 10  # column j of the grid: class j
+        samples = to_uint8(graph(**feeds))
+        metrics: dict[str, Any] = evaluator.evaluate(samples).to_dict()
+        if task is Task.CONDITIONAL:
+            metrics["asked_class_fraction"], metrics["asked_class_fraction_per_class"] = class_accuracy(
+                evaluator, samples, feeds["label"]
+            )
+        return metrics, samples[:100]
+    n = num_samples or len(held_out.images)
+    digits, labels = held_out.images[:n], held_out.labels[:n]
+    if task is Task.DIGITS2MNIST:
+        digits_held = data.digits_splits()[1]
+        inputs, labels = digits_held.images[:n], digits_held.labels[:n]
+        outputs = graph.translate(inputs)
+        metrics = _fid_of(evaluator, outputs)
+        metrics["class_accuracy"], metrics["class_accuracy_per_class"] = class_accuracy(evaluator, outputs, labels)
+        metrics["input_class_accuracy"], _ = class_accuracy(evaluator, inputs, labels)
+        metrics.update(_cycle_metrics(evaluator, OnnxGraph(folder.parent / graph.manifest.source["partner"]), graph))
+        return metrics, _pairs_grid(inputs, outputs)
+    inputs = {
+        Task.RECONSTRUCT: lambda d: d,
+        Task.EDGES2MNIST: data.edge_map,
+        Task.SUPERRES: data.low_res,
+        Task.MNIST2DIGITS: lambda d: d,
+    }[task](digits)
+    outputs = graph.translate(inputs)
+    if task is Task.MNIST2DIGITS:
+        metrics = _cycle_metrics(evaluator, graph, OnnxGraph(folder.parent / graph.manifest.source["partner"]))
+        return metrics, _pairs_grid(inputs, outputs)
+    metrics = _pair_metrics(evaluator, outputs, digits)
+    if task is Task.SUPERRES:
+        metrics.update(_pair_metrics(evaluator, bicubic_upsample(inputs), digits, prefix="bicubic_"))
+    return metrics, _pairs_grid(inputs, outputs)
+
+
+def _pairs_grid(inputs: np.ndarray, outputs: np.ndarray) -> np.ndarray:
+    """Rows of 10 inputs (scaled up to 28x28 by pixel repetition) each followed by a row of their
+    outputs; 50 pairs spread evenly over the inputs (the held-out sets are ordered by class)."""
+    pick = np.linspace(0, len(inputs) - 1, 50).astype(int)
+    inputs, outputs = inputs[pick], outputs[pick]
+    scale = outputs.shape[-1] // inputs.shape[-1]
+    big = inputs.repeat(scale, axis=1).repeat(scale, axis=2)
+    rows = [block for i in range(0, 50, 10) for block in (big[i : i + 10], outputs[i : i + 10])]
+    return np.concatenate(rows)

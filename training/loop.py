@@ -1,14 +1,19 @@
-"""Pieces every train loop shares: seeding, threads, EMA, resumable state, progress."""
+"""Pieces every train loop shares: seeding, threads, EMA, resumable state, progress, and the
+step loop with checkpoints (``run_steps``)."""
 
 from __future__ import annotations
 
 import copy
 import logging
 import random
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -64,3 +69,59 @@ def load_state(folder: Path, generator: torch.Generator, **objects) -> int:
         obj.load_state_dict(state[name])
     log.info("resumed %s at step %d", folder, state["step"])
     return int(state["step"])
+
+
+def run_steps(
+    out: Path,
+    desc: str,
+    total_steps: int,
+    generator: torch.Generator,
+    state: dict[str, Any],
+    step_fn: Callable[[int], dict[str, float]],
+    checkpoint_fn: Callable[[int, float], None],
+    checkpoint_every: int = 500,
+) -> None:
+    """The loop the model families share: resume from ``out`` (``state`` names every object
+    with a state_dict to save and restore), run ``step_fn(step)`` -> losses under a progress bar,
+    and every ``checkpoint_every`` steps and at the end call ``checkpoint_fn(steps_done,
+    seconds_this_run)`` (the family's servable checkpoint) before the resumable state, so a state
+    never points past its checkpoint."""
+    out.mkdir(parents=True, exist_ok=True)
+    start = load_state(out, generator, **state)
+    t0 = time.time()
+    with tqdm(total=total_steps, initial=start, desc=desc, unit="step", smoothing=0.05) as bar:
+        for step in range(start, total_steps):
+            losses = step_fn(step)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+            done = step + 1
+            if done % checkpoint_every == 0 or done == total_steps:
+                checkpoint_fn(done, time.time() - t0)
+                save_state(out, done, generator, **state)
+
+
+def server_latents(num: int, latent_dim: int, seed: int = 0) -> torch.Tensor:
+    """The latents the server draws for images 0 .. num-1 of a request with ``seed``: (num, latent_dim)."""
+    from genserve import noise
+
+    z = noise.gaussian(np.full(num, seed), np.arange(num), np.full(num, noise.INITIAL_STEP), (latent_dim,))
+    return torch.from_numpy(z)
+
+
+def save_family_checkpoint(
+    out: Path, family: str, model: torch.nn.Module, net_config, train_config, step: int, seconds: float
+) -> None:
+    """The servable checkpoint with the training config, step and wall time it took."""
+    from dataclasses import asdict
+
+    from genserve.nets import save_checkpoint
+
+    extra = {"train": asdict(train_config), "step": step, "train_seconds_this_run": round(seconds, 1)}
+    save_checkpoint(out, family, model, net_config, extra)
+
+
+def save_sample_grid(out: Path, images: torch.Tensor, step: int, nrow: int = 8) -> Path:
+    """Model-range images (N, 1, H, W) -> ``out/samples/stepNNNNNN.png``."""
+    from genserve import images as image_io
+
+    return image_io.save_grid(image_io.to_uint8(images.detach().numpy()), out / "samples" / f"step{step:06d}.png", nrow)

@@ -46,17 +46,17 @@ def sampler_function(runner: ModelRunner):
     return infer
 
 
-def diffusion_function(runner: ModelRunner, default_steps: int, image_shape: tuple[int, int, int]):
+def diffusion_function(runner: ModelRunner, default_steps: int):
     @batch
     def infer(SEED: np.ndarray, STEPS: np.ndarray | None = None) -> dict[str, np.ndarray]:
         seeds = SEED.reshape(-1).astype(np.int64)
         steps = np.full(len(seeds), default_steps) if STEPS is None else STEPS.reshape(-1)
-        out = np.empty((len(seeds), *image_shape), np.uint8)
-        for k in np.unique(steps):  # one request-level loop per step count, rows batched together
+        c, h, w = runner.manifest.image_shape
+        out = np.empty((len(seeds), h, w, c), np.uint8)
+        for k in np.unique(steps):  # one request-level loop per step count, its rows batched together
             rows = np.flatnonzero(steps == k)
-            out[rows] = np.concatenate(
-                [runner.generate(GenerateRequest(runner.name, 1, int(seeds[r]), steps=int(k))) for r in rows]
-            )
+            request = GenerateRequest(runner.name, 1, steps=int(k))
+            out[rows] = runner.diffuse_images(seeds[rows], np.zeros(len(rows), np.int64), request)
         return {"IMAGE": out}
 
     return infer
@@ -68,7 +68,7 @@ def bind(triton: Triton, folder: Path, max_batch_size: int, max_queue_delay_ms: 
     inputs = [Tensor(name="SEED", dtype=np.int64, shape=(1,))]
     if runner.manifest.kind is ModelKind.DIFFUSION:
         inputs.append(Tensor(name="STEPS", dtype=np.int32, shape=(1,), optional=True))
-        fn = diffusion_function(runner, runner.manifest.diffusion.default_steps, (h, w, c))
+        fn = diffusion_function(runner, runner.manifest.diffusion.default_steps)
     elif runner.manifest.kind is ModelKind.SAMPLER and runner.manifest.num_classes is None:
         fn = sampler_function(runner)
     else:

@@ -14,15 +14,27 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from genserve.nets.cgan import CGANConfig, CGANGenerator
 from genserve.nets.classifier import Classifier, ClassifierConfig
+from genserve.nets.cyclegan import CycleGAN, CycleGANConfig
 from genserve.nets.dcgan import DCGANConfig, Discriminator, Generator
+from genserve.nets.gaussian import GaussianConfig, GaussianModel
+from genserve.nets.pix2pix import UNetGenerator, UNetTranslatorConfig
+from genserve.nets.superres import SRResNet, SRResNetConfig
 from genserve.nets.unet import UNet, UNetConfig
+from genserve.nets.vae import VAE, VAEConfig
 
 FAMILIES: dict[str, tuple[type, type]] = {
     "unet": (UNet, UNetConfig),
     "dcgan_generator": (Generator, DCGANConfig),
     "dcgan_discriminator": (Discriminator, DCGANConfig),
     "classifier": (Classifier, ClassifierConfig),
+    "gaussian": (GaussianModel, GaussianConfig),
+    "vae": (VAE, VAEConfig),
+    "cgan_generator": (CGANGenerator, CGANConfig),
+    "unet_translator": (UNetGenerator, UNetTranslatorConfig),
+    "srresnet": (SRResNet, SRResNetConfig),
+    "cyclegan": (CycleGAN, CycleGANConfig),
 }
 
 

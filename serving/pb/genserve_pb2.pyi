@@ -58,7 +58,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "kind", "version", "image_shape", "max_images_per_request", "diffusion", "metrics", "metrics_json", "description", "dataset")
+    __slots__ = ("name", "kind", "version", "image_shape", "max_images_per_request", "diffusion", "metrics", "metrics_json", "description", "dataset", "num_classes", "latent_dim", "input_shape", "input_description")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,10 @@ class ModelInfo(_message.Message):
     METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    LATENT_DIM_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: ModelKind
     version: str
@@ -86,7 +90,11 @@ class ModelInfo(_message.Message):
     metrics_json: str
     description: str
     dataset: str
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., version: _Optional[str] = ..., image_shape: _Optional[_Union[ImageShape, _Mapping]] = ..., max_images_per_request: _Optional[int] = ..., diffusion: _Optional[_Union[DiffusionInfo, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., metrics_json: _Optional[str] = ..., description: _Optional[str] = ..., dataset: _Optional[str] = ...) -> None: ...
+    num_classes: int
+    latent_dim: int
+    input_shape: ImageShape
+    input_description: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., version: _Optional[str] = ..., image_shape: _Optional[_Union[ImageShape, _Mapping]] = ..., max_images_per_request: _Optional[int] = ..., diffusion: _Optional[_Union[DiffusionInfo, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., metrics_json: _Optional[str] = ..., description: _Optional[str] = ..., dataset: _Optional[str] = ..., num_classes: _Optional[int] = ..., latent_dim: _Optional[int] = ..., input_shape: _Optional[_Union[ImageShape, _Mapping]] = ..., input_description: _Optional[str] = ...) -> None: ...
 
 class ImageShape(_message.Message):
     __slots__ = ("channels", "height", "width")
@@ -109,7 +117,7 @@ class DiffusionInfo(_message.Message):
     def __init__(self, num_timesteps: _Optional[int] = ..., default_steps: _Optional[int] = ..., default_sampler: _Optional[_Union[Sampler, str]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "num_images", "seed", "steps", "sampler", "eta", "encoding", "timeout_ms", "priority")
+    __slots__ = ("model", "num_images", "seed", "steps", "sampler", "eta", "encoding", "timeout_ms", "priority", "label", "interpolate_to_seed")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NUM_IMAGES_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +127,8 @@ class GenerateRequest(_message.Message):
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    INTERPOLATE_TO_SEED_FIELD_NUMBER: _ClassVar[int]
     model: str
     num_images: int
     seed: int
@@ -128,7 +138,9 @@ class GenerateRequest(_message.Message):
     encoding: ImageEncoding
     timeout_ms: int
     priority: int
-    def __init__(self, model: _Optional[str] = ..., num_images: _Optional[int] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., eta: _Optional[float] = ..., encoding: _Optional[_Union[ImageEncoding, str]] = ..., timeout_ms: _Optional[int] = ..., priority: _Optional[int] = ...) -> None: ...
+    label: int
+    interpolate_to_seed: int
+    def __init__(self, model: _Optional[str] = ..., num_images: _Optional[int] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., eta: _Optional[float] = ..., encoding: _Optional[_Union[ImageEncoding, str]] = ..., timeout_ms: _Optional[int] = ..., priority: _Optional[int] = ..., label: _Optional[int] = ..., interpolate_to_seed: _Optional[int] = ...) -> None: ...
 
 class GenerateStreamRequest(_message.Message):
     __slots__ = ("request", "preview_every")
@@ -151,6 +163,30 @@ class GenerateProgress(_message.Message):
     def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., previews: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., result: _Optional[_Union[GenerateResponse, _Mapping]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
+    __slots__ = ("model", "images")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    images: _containers.RepeatedCompositeFieldContainer[Image]
+    def __init__(self, model: _Optional[str] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ...) -> None: ...
+
+class TranslateRequest(_message.Message):
+    __slots__ = ("model", "pngs", "raw", "encoding", "timeout_ms", "priority")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PNGS_FIELD_NUMBER: _ClassVar[int]
+    RAW_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    pngs: _containers.RepeatedScalarFieldContainer[bytes]
+    raw: Tensor
+    encoding: ImageEncoding
+    timeout_ms: int
+    priority: int
+    def __init__(self, model: _Optional[str] = ..., pngs: _Optional[_Iterable[bytes]] = ..., raw: _Optional[_Union[Tensor, _Mapping]] = ..., encoding: _Optional[_Union[ImageEncoding, str]] = ..., timeout_ms: _Optional[int] = ..., priority: _Optional[int] = ...) -> None: ...
+
+class TranslateResponse(_message.Message):
     __slots__ = ("model", "images")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]

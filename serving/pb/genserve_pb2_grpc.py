@@ -56,6 +56,11 @@ class GenerationServiceStub:
                 request_serializer=genserve_dot_v1_dot_genserve__pb2.GenerateStreamRequest.SerializeToString,
                 response_deserializer=genserve_dot_v1_dot_genserve__pb2.GenerateProgress.FromString,
                 _registered_method=True)
+        self.Translate = channel.unary_unary(
+                '/genserve.v1.GenerationService/Translate',
+                request_serializer=genserve_dot_v1_dot_genserve__pb2.TranslateRequest.SerializeToString,
+                response_deserializer=genserve_dot_v1_dot_genserve__pb2.TranslateResponse.FromString,
+                _registered_method=True)
 
 
 class GenerationServiceServicer:
@@ -91,6 +96,15 @@ class GenerationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Translate(self, request, context):
+        """Image -> image with a MODEL_KIND_TRANSLATOR model (pix2pix, super-resolution, ...). The
+        images of several calls share engine batches as Generate's do, with the same deadlines,
+        priorities and queue limits; image i of the response depends only on input image i.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GenerationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +122,11 @@ def add_GenerationServiceServicer_to_server(servicer, server):
                     servicer.GenerateStream,
                     request_deserializer=genserve_dot_v1_dot_genserve__pb2.GenerateStreamRequest.FromString,
                     response_serializer=genserve_dot_v1_dot_genserve__pb2.GenerateProgress.SerializeToString,
+            ),
+            'Translate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Translate,
+                    request_deserializer=genserve_dot_v1_dot_genserve__pb2.TranslateRequest.FromString,
+                    response_serializer=genserve_dot_v1_dot_genserve__pb2.TranslateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -198,6 +217,33 @@ class GenerationService:
             '/genserve.v1.GenerationService/GenerateStream',
             genserve_dot_v1_dot_genserve__pb2.GenerateStreamRequest.SerializeToString,
             genserve_dot_v1_dot_genserve__pb2.GenerateProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Translate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genserve.v1.GenerationService/Translate',
+            genserve_dot_v1_dot_genserve__pb2.TranslateRequest.SerializeToString,
+            genserve_dot_v1_dot_genserve__pb2.TranslateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,10 +13,11 @@ def generate(genserve, server, out: Path, *args: str) -> subprocess.CompletedPro
     return genserve("generate", "--server", server.target, "--out", str(out), *args)
 
 
-def test_models_prints_one_model_name_per_line(genserve, server):
+def test_models_prints_one_line_per_model_starting_with_its_name(genserve, server):
     result = genserve("models", "--server", server.target)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["dcgan-tiny", "ddpm-tiny"]
+    names = [line.split()[0] for line in result.stdout.splitlines() if not line.startswith(" ")]
+    assert names == ["cgan-tiny", "dcgan-tiny", "ddpm-tiny", "pix2pix-tiny", "superres-tiny"]
 
 
 def test_generate_to_png_writes_one_grid_image(genserve, server, tmp_path: Path):

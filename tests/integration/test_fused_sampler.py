@@ -103,3 +103,13 @@ def test_images_do_not_depend_on_how_a_request_is_split_into_batches(ddpm_folder
     split.engine.max_batch_size = 2
     req = GenerateRequest("ddpm-test", 5, seed=11, steps=20)
     np.testing.assert_allclose(split.generate_float(req), whole.generate_float(req), atol=1e-5)
+
+
+def test_request_level_diffusion_of_mixed_seeds_gives_each_seeds_own_image(ddpm_folder):
+    """``diffuse_images`` (the request-level loop of the Triton benchmark peer) batches images of
+    different seeds and returns what each seed's own request returns."""
+    runner = ModelRunner(ddpm_folder)
+    request = GenerateRequest("ddpm-test", 1, steps=5)
+    got = runner.diffuse_images(np.array([3, 8, 3]), np.array([0, 0, 1]), request)
+    own = [runner.generate(GenerateRequest("ddpm-test", 2, seed=s, steps=5)) for s in (3, 8)]
+    np.testing.assert_array_equal(got, np.stack([own[0][0], own[1][0], own[0][1]]))

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from genserve.serving import convert, errors
 from genserve.serving.domain import GenerateRequest
-from genserve.serving.interceptors import ErrorInterceptor
+from genserve.serving.interceptors import with_error_statuses
 from genserve.serving.pb import genserve_pb2_grpc
 from genserve.serving.server import GenserveServer, ServerConfig
 
@@ -46,7 +46,7 @@ def test_health_is_not_serving_and_generate_unavailable_until_every_model_is_loa
 
 
 class RaisingServicer(genserve_pb2_grpc.GenerationServiceServicer):
-    """Raises whatever it is given, to exercise the interceptor (the thing under test)."""
+    """Raises whatever it is given, to exercise the error mapping (the thing under test)."""
 
     def __init__(self, exc: BaseException):
         self.exc = exc
@@ -60,8 +60,9 @@ class RaisingServicer(genserve_pb2_grpc.GenerationServiceServicer):
 
 def call_raising_server(exc: BaseException) -> grpc.aio.AioRpcError:
     async def scenario() -> grpc.aio.AioRpcError:
-        server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-        genserve_pb2_grpc.add_GenerationServiceServicer_to_server(RaisingServicer(exc), server)
+        server = grpc.aio.server()
+        servicer = with_error_statuses(RaisingServicer(exc), convert.SERVICE_DESCRIPTOR)
+        genserve_pb2_grpc.add_GenerationServiceServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         try:

@@ -18,6 +18,7 @@ from tritonclient.utils import InferenceServerException
 
 from genserve.client import GenserveClient
 from genserve.signature import ModelKind
+from tests.conftest import CGAN, PIX2PIX, SUPERRES
 
 DDPM, GAN = "ddpm-tiny", "dcgan-tiny"
 FEW_STEPS = 3
@@ -98,7 +99,10 @@ def test_model_metadata_describes_the_tensor_contract(kserve, infos, model):
     if info.kind is ModelKind.DIFFUSION:
         expected.append(("STEPS", "INT32", [-1, 1]))
     assert inputs == expected
-    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.outputs] == [("IMAGE", "UINT8", [-1, h, w, c])]
+    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.outputs] == [
+        ("IMAGE", "UINT8", [-1, h, w, c]),
+        ("IMAGE_FP32", "FP32", [-1, h, w, c]),
+    ]
 
 
 def test_model_config_of_the_sampler_reports_tensors_batch_limit_and_batcher(kserve, infos):
@@ -111,7 +115,8 @@ def test_model_config_of_the_sampler_reports_tensors_batch_limit_and_batcher(kse
         ("SEED", triton.model_config_pb2.TYPE_INT64, [1], False)
     ]
     assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [
-        ("IMAGE", triton.model_config_pb2.TYPE_UINT8, [h, w, c])
+        ("IMAGE", triton.model_config_pb2.TYPE_UINT8, [h, w, c]),
+        ("IMAGE_FP32", triton.model_config_pb2.TYPE_FP32, [h, w, c]),
     ]
     assert config.WhichOneof("scheduling_choice") == "dynamic_batching"
     assert config.dynamic_batching.max_queue_delay_microseconds == 0  # genserve's default, Triton's too
@@ -279,7 +284,7 @@ def test_unknown_model_is_not_found_and_lists_the_served_models(kserve):
     ):
         err = triton_error(call)
         assert err.status() == "StatusCode.NOT_FOUND"
-        assert "no model named 'no-such-model'" in err.message() and f"{GAN}, {DDPM}" in err.message()
+        assert "no model named 'no-such-model'" in err.message() and GAN in err.message()
 
 
 def test_unknown_version_is_not_found_naming_the_served_one(kserve, infos):
@@ -341,7 +346,7 @@ BAD_REQUESTS = [
     pytest.param(
         DDPM,
         lambda: [seed_input([1, 2]), steps_input([3])],
-        "input STEPS has shape [1, 1] but SEED has 2 rows",
+        "input STEPS has 1 rows but SEED has 2; give every input the same",
         id="steps-rows-differ",
     ),
     pytest.param(
@@ -363,7 +368,7 @@ def test_a_request_outside_the_contract_is_invalid_argument_saying_why(kserve, m
 def test_an_unknown_requested_output_is_invalid_argument(kserve):
     err = triton_error(lambda: kserve.infer(GAN, [seed_input([1])], outputs=[triton.InferRequestedOutput("LOGITS")]))
     assert err.status() == "StatusCode.INVALID_ARGUMENT"
-    assert "model dcgan-tiny has no output named 'LOGITS'; its outputs: IMAGE (UINT8)" in err.message()
+    assert "model dcgan-tiny has no output named 'LOGITS'; its outputs: IMAGE (UINT8 [-1, 28, 28, 1])" in err.message()
 
 
 def test_raw_contents_of_the_wrong_size_are_invalid_argument(server):
@@ -396,3 +401,95 @@ def test_the_timeout_parameter_bounds_the_call_on_the_server(kserve):
     """tritonclient's ``timeout=`` (microseconds, a request parameter) becomes the rows' queue timeout."""
     err = triton_error(lambda: kserve.infer(DDPM, [seed_input(range(8)), steps_input([1000] * 8)], timeout=200_000))
     assert err.status() == "StatusCode.DEADLINE_EXCEEDED"
+
+
+# --- Class labels, translators, the float output, streaming --------------------------------------
+
+
+def label_input(labels: list[int]) -> triton.InferInput:
+    return _input("LABEL", "INT32", [len(labels), 1], np.asarray(labels, np.int32).reshape(-1, 1))
+
+
+def source_input(images: np.ndarray) -> triton.InferInput:
+    return _input("SOURCE", "UINT8", list(images.shape), images)
+
+
+def test_a_conditional_sampler_takes_an_optional_label_per_row(kserve, client, infos):
+    config = kserve.get_model_config(CGAN).config
+    assert [(i.name, i.optional) for i in config.input] == [("SEED", False), ("LABEL", True)]
+    got = kserve.infer(CGAN, [seed_input([4, 4, 9]), label_input([0, 7, 7])]).as_numpy("IMAGE")
+    own = [client.generate(CGAN, 1, seed=s, label=k)[0] for s, k in [(4, 0), (4, 7), (9, 7)]]
+    np.testing.assert_array_equal(got, np.stack(own))
+    unlabelled = kserve.infer(CGAN, [seed_input([4])]).as_numpy("IMAGE")
+    np.testing.assert_array_equal(unlabelled[0], client.generate(CGAN, 1, seed=4)[0])
+    err = triton_error(lambda: kserve.infer(CGAN, [seed_input([1]), label_input([10])]))
+    assert err.status() == "StatusCode.INVALID_ARGUMENT" and "label" in err.message()
+
+
+@pytest.mark.parametrize("model", [PIX2PIX, SUPERRES])
+def test_a_translator_takes_source_images_and_returns_genserves_own_translation(kserve, client, infos, model):
+    c, h, w = infos[model].input_shape
+    metadata = kserve.get_model_metadata(model)
+    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [("SOURCE", "UINT8", [-1, h, w, c])]
+    sources = np.random.default_rng(0).integers(0, 256, size=(3, h, w, c), dtype=np.uint8)
+    got = kserve.infer(model, [source_input(sources)]).as_numpy("IMAGE")
+    np.testing.assert_array_equal(got, client.translate(model, sources))
+
+
+def test_a_translator_refuses_a_wrong_image_size_naming_the_expected_one(kserve, infos):
+    c, h, w = infos[SUPERRES].input_shape
+    wrong = np.zeros((1, 28, 28, c), np.uint8)
+    err = triton_error(lambda: kserve.infer(SUPERRES, [source_input(wrong)]))
+    assert err.status() == "StatusCode.INVALID_ARGUMENT"
+    assert f"input SOURCE of model {SUPERRES} must have shape [batch, {h}, {w}, {c}]" in err.message()
+
+
+def test_typed_uint_contents_carry_source_images(server, client, infos):
+    c, h, w = infos[PIX2PIX].input_shape
+    image = np.arange(h * w * c, dtype=np.uint8).reshape(1, h, w, c)
+    tensor = pb.ModelInferRequest.InferInputTensor(name="SOURCE", datatype="UINT8", shape=[1, h, w, c])
+    tensor.contents.uint_contents.extend(image.ravel().tolist())
+    with grpc.insecure_channel(server.target) as channel:
+        response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            pb.ModelInferRequest(model_name=PIX2PIX, inputs=[tensor]), timeout=60
+        )
+    got = np.frombuffer(response.raw_output_contents[0], np.uint8).reshape(1, *image_dims(infos[PIX2PIX]))
+    np.testing.assert_array_equal(got, client.translate(PIX2PIX, image))
+
+
+def image_dims(info) -> tuple[int, int, int]:
+    c, h, w = info.image_shape
+    return h, w, c
+
+
+def test_the_float_output_is_the_image_over_255_and_only_sent_when_asked(kserve):
+    plain = kserve.infer(GAN, [seed_input([2, 3])])
+    assert plain.as_numpy("IMAGE_FP32") is None
+    both = kserve.infer(
+        GAN,
+        [seed_input([2, 3])],
+        outputs=[triton.InferRequestedOutput("IMAGE_FP32"), triton.InferRequestedOutput("IMAGE")],
+    )
+    floats = both.as_numpy("IMAGE_FP32")
+    assert floats.dtype == np.float32 and floats.shape == plain.as_numpy("IMAGE").shape
+    np.testing.assert_array_equal(floats, plain.as_numpy("IMAGE") / np.float32(255))
+
+
+def test_stream_infer_answers_every_request_and_reports_errors_without_ending_the_stream(kserve, client):
+    import queue
+
+    answers: queue.Queue = queue.Queue()
+    kserve.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        kserve.async_stream_infer(GAN, [seed_input([11])], request_id="a")
+        kserve.async_stream_infer(GAN, [seed_input([1], datatype="INT32")], request_id="bad")
+        kserve.async_stream_infer(DDPM, [seed_input([12]), steps_input([2])], request_id="b")
+        got = [answers.get(timeout=60) for _ in range(3)]
+    finally:
+        kserve.stop_stream()
+    results = {r.get_response().id: r for r, e in got if e is None}
+    errors = [e for _, e in got if e is not None]
+    assert sorted(results) == ["a", "b"]
+    np.testing.assert_array_equal(results["a"].as_numpy("IMAGE")[0], client.generate(GAN, 1, seed=11)[0])
+    np.testing.assert_array_equal(results["b"].as_numpy("IMAGE")[0], client.generate(DDPM, 1, seed=12, steps=2)[0])
+    assert len(errors) == 1 and "must be INT64, got INT32" in errors[0].message()
