@@ -40,13 +40,6 @@ def _train(args: argparse.Namespace) -> int:
         if args.steps:
             cfg.steps = args.steps
         train_ddpm(out, cfg)
-    elif args.family == "dcgan":
-        from genserve.training.dcgan import DCGANTrainConfig, train_dcgan
-
-        cfg = DCGANTrainConfig(seed=args.seed)
-        if args.steps:
-            cfg.steps = args.steps
-        train_dcgan(out, cfg)
     elif args.family == "classifier":
         from genserve.training.classifier import ClassifierTrainConfig, train_classifier
 
@@ -59,8 +52,9 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-# The issue-5 families: module under genserve.training, its config class and train function.
+# Families trained through ``--set``: module under genserve.training, its config class and train function.
 FAMILY_TRAINERS = {
+    "dcgan": ("dcgan", "DCGANTrainConfig", "train_dcgan"),
     "gaussian": ("gaussian", "GaussianTrainConfig", "train_gaussian"),
     "vae": ("vae", "VAETrainConfig", "train_vae"),
     "cgan": ("cgan", "CGANTrainConfig", "train_cgan"),
@@ -447,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model family on MNIST (resumes from --out if a state is there)")
-    p.add_argument("family", choices=["ddpm", "dcgan", "classifier", *FAMILY_TRAINERS])
+    p.add_argument("family", choices=["ddpm", "classifier", *FAMILY_TRAINERS])
     p.add_argument("--out", type=Path, help="checkpoint folder (default checkpoints/<family>-mnist)")
     p.add_argument("--steps", type=int, help="optimizer steps (epochs for the classifier)")
     p.add_argument("--seed", type=int, default=0)

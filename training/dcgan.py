@@ -1,4 +1,5 @@
-"""DCGAN training (Radford et al. 2016): non-saturating GAN loss, Adam(2e-4, β1 = 0.5)."""
+"""DCGAN training (Radford et al. 2016): Adam(2e-4, β1 = 0.5) and the non-saturating GAN loss, or
+another ``GANLoss`` (``--set loss=lsgan``) on the same networks."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 from tqdm import tqdm
 
 from genserve import images, noise
 from genserve.nets import save_checkpoint
 from genserve.nets.dcgan import DCGANConfig, Discriminator, Generator
 from genserve.training.data import batches, mnist_splits, to_model_range
+from genserve.training.gan_losses import GANLoss, discriminator_loss, generator_loss
 from genserve.training.loop import load_state, save_state, seed_everything
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class DCGANTrainConfig:
     net: DCGANConfig = field(default_factory=DCGANConfig)
+    loss: str = GANLoss.NON_SATURATING.value  # the bundled recipe; no gradient penalty here, so not wgan-gp
     steps: int = 5000
     batch_size: int = 64
     lr: float = 2e-4
@@ -35,6 +37,9 @@ class DCGANTrainConfig:
 
 
 def train_dcgan(out: Path, config: DCGANTrainConfig) -> Path:
+    kind = GANLoss(config.loss)
+    if kind is GANLoss.WGAN_GP:
+        raise ValueError("dcgan trains with loss ns or lsgan; WGAN-GP needs a critic without batch norm (see cgan)")
     generator_rng = seed_everything(config.seed)
     train, _ = mnist_splits()
     data = to_model_range(train.images)  # (N, 1, 28, 28)
@@ -45,22 +50,18 @@ def train_dcgan(out: Path, config: DCGANTrainConfig) -> Path:
     start = load_state(out, generator_rng, gen=gen, disc=disc, opt_g=opt_g, opt_d=opt_d)
 
     t0 = time.time()
-    bar = tqdm(total=config.steps, initial=start, desc="dcgan", unit="step", smoothing=0.05)
+    bar = tqdm(total=config.steps, initial=start, desc=f"dcgan-{kind.value}", unit="step", smoothing=0.05)
     batch_iter = batches(data, config.batch_size, generator_rng)
     for step in range(start, config.steps):
         real = data[next(batch_iter)]  # (B, 1, 28, 28)
         z = torch.randn(len(real), config.net.latent_dim, generator=generator_rng)
         fake = gen(z)
-        ones, zeros = torch.ones(len(real)), torch.zeros(len(real))
-
-        loss_d = F.binary_cross_entropy_with_logits(disc(real), ones) + F.binary_cross_entropy_with_logits(
-            disc(fake.detach()), zeros
-        )
+        loss_d = discriminator_loss(kind, disc(real), disc(fake.detach()))
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
 
-        loss_g = F.binary_cross_entropy_with_logits(disc(fake), ones)  # non-saturating: max log D(G(z))
+        loss_g = generator_loss(kind, disc(fake))
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()

@@ -17,6 +17,9 @@ class DCGANConfig:
     image_channels: int = 1
     gen_features: int = 64  # channels at 14×14; 7×7 has twice as many
     disc_features: int = 64
+    # Strided convs in the discriminator: 2 (to 7x7, then a 7x7 conv reads one logit; the bundled
+    # model) or 3 (to 4x4, batch norm, mean-pooled and a linear logit: cgan-mnist's discriminator).
+    disc_depth: int = 2
 
 
 def init_weights(module: nn.Module) -> None:
@@ -53,14 +56,27 @@ class Discriminator(nn.Module):
     def __init__(self, config: DCGANConfig):
         super().__init__()
         f = config.disc_features
-        self.net = nn.Sequential(
+        if config.disc_depth not in (2, 3):
+            raise ValueError(f"disc_depth must be 2 or 3, got {config.disc_depth}")
+        layers = [
             nn.Conv2d(config.image_channels, f, 4, 2, 1),  # (B, f, 14, 14)
             nn.LeakyReLU(0.2, True),
             nn.Conv2d(f, 2 * f, 4, 2, 1, bias=False),  # (B, 2f, 7, 7)
             nn.BatchNorm2d(2 * f),
             nn.LeakyReLU(0.2, True),
-            nn.Conv2d(2 * f, 1, 7, 1, 0),  # (B, 1, 1, 1)
-        )
+        ]
+        if config.disc_depth == 2:
+            layers.append(nn.Conv2d(2 * f, 1, 7, 1, 0))  # (B, 1, 1, 1)
+        else:
+            layers += [
+                nn.Conv2d(2 * f, 4 * f, 3, 2, 1, bias=False),  # (B, 4f, 4, 4)
+                nn.BatchNorm2d(4 * f),
+                nn.LeakyReLU(0.2, True),
+                nn.AdaptiveAvgPool2d(1),  # (B, 4f, 1, 1)
+                nn.Flatten(),
+                nn.Linear(4 * f, 1),  # (B, 1)
+            ]
+        self.net = nn.Sequential(*layers)
         self.apply(init_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,15 @@ def test_train_writes_a_resumable_checkpoint_with_its_config(run, trained):
     assert "resumed" in resumed.stderr and json.loads((ck / "config.json").read_text())["step"] == 3
 
 
+def test_dcgan_loss_and_discriminator_are_chosen_with_set_and_recorded(run, trained, tmp_path):
+    default = json.loads((trained / "checkpoints" / "dcgan-mnist" / "config.json").read_text())
+    assert default["train"]["loss"] == "ns" and default["config"]["disc_depth"] == 2  # the bundled recipe
+    ck = tmp_path / "dcgan-lsgan"
+    run("train", "dcgan", "--steps", "1", "--set", "loss=lsgan", "--set", "net.disc_depth=3", "--out", str(ck))
+    meta = json.loads((ck / "config.json").read_text())
+    assert meta["train"]["loss"] == "lsgan" and meta["config"]["disc_depth"] == 3
+
+
 def test_export_then_eval_records_metrics_in_the_manifest(run, trained):
     models = trained / "models"
     run("export", "dcgan", "--checkpoints", str(trained / "checkpoints"), "--models", str(models))
