@@ -122,12 +122,27 @@ def fid(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
 
 
 def samples_from_folder(folder: Path, n: int, seed: int, steps: int | None = None) -> np.ndarray:
-    """Generate through the serving core in-process (ONNX Runtime): uint8 (N, H, W, C)."""
+    """Images 0 .. n-1 of ``seed`` through the serving core in-process (ONNX Runtime): uint8
+    (N, H, W, C), what ``Generate(model, n, seed, steps)`` returns. Run in engine batches rather
+    than as one request, because a request holds at most ``MAX_IMAGES_PER_REQUEST`` images and an
+    evaluation may want more (FID on 1,000 samples)."""
     from genserve.serving.domain import GenerateRequest
     from genserve.serving.runner import ModelRunner
+    from genserve.signature import ModelKind
 
     runner = ModelRunner(folder)
-    return runner.generate(GenerateRequest(runner.name, n, seed=seed, steps=steps))
+    schedule = GenerateRequest(runner.name, 1, seed=seed, steps=steps)
+    runner.validate(schedule)  # steps in range, and only for a diffusion model
+    diffusion = runner.manifest.kind is ModelKind.DIFFUSION
+    chunks = []
+    for start in range(0, n, runner.engine.max_batch_size):
+        index = np.arange(start, min(n, start + runner.engine.max_batch_size))
+        seeds = np.full(len(index), seed, dtype=np.int64)
+        if diffusion:
+            chunks.append(runner.diffuse_images(seeds, index, schedule))
+        else:
+            chunks.append(runner.sample_images(seeds, index))
+    return np.concatenate(chunks)
 
 
 def record_metrics(folder: Path, report: QualityReport | dict, settings: dict) -> None:

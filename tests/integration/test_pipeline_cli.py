@@ -4,6 +4,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from genserve import manifest as mf
@@ -66,3 +67,19 @@ def test_eval_of_an_unknown_model_fails_with_the_reason(genserve, trained):
     proc = genserve("eval", "no-such-model", "--models", str(trained))
     assert proc.returncode != 0
     assert "manifest.json not found" in proc.stderr
+
+
+def test_in_process_samples_are_generates_images_and_may_outnumber_a_requests_limit(tiny_models: Path):
+    """``genserve eval`` samples in engine batches: the same images as one Generate request, and
+    more of them than a request may hold (FID is often judged on 1,000 samples)."""
+    from genserve.serving.domain import GenerateRequest
+    from genserve.serving.runner import MAX_IMAGES_PER_REQUEST, ModelRunner
+    from genserve.training.evaluate import samples_from_folder
+
+    for name, steps in (("dcgan-tiny", None), ("ddpm-tiny", 2)):
+        runner = ModelRunner(tiny_models / name)
+        own = runner.generate(GenerateRequest(name, 70, seed=4, steps=steps))
+        np.testing.assert_array_equal(samples_from_folder(tiny_models / name, 70, seed=4, steps=steps), own)
+    many = samples_from_folder(tiny_models / "dcgan-tiny", MAX_IMAGES_PER_REQUEST + 44, seed=4)
+    assert len(many) == MAX_IMAGES_PER_REQUEST + 44
+    np.testing.assert_array_equal(many[:70], samples_from_folder(tiny_models / "dcgan-tiny", 70, seed=4))
