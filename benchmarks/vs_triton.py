@@ -166,14 +166,23 @@ def input_data(path: Path, steps: int | None, rows: int = 64) -> Path:
 
 
 def perf_analyzer(
-    target: str, model: str, concurrency: int, data: Path, out_csv: Path, window_ms: int, env: dict
-) -> dict[str, float]:
+    target: str,
+    model: str,
+    concurrency: int,
+    data: Path,
+    out_csv: Path,
+    window_ms: int,
+    env: dict,
+    stability_percent: int = 25,
+    max_trials: int = 8,
+) -> dict[str, str]:
+    """One closed-loop perf_analyzer run over gRPC; its CSV row (the CSV is kept at ``out_csv``)."""
     cmd = [
         str(PERF_ANALYZER),
         *("-m", model, "-i", "grpc", "-u", target),
         *("--concurrency-range", f"{concurrency}:{concurrency}"),
         *("--input-data", str(data), "--measurement-interval", str(window_ms)),
-        *("--stability-percentage", "25", "--max-trials", "8"),
+        *("--stability-percentage", str(stability_percent), "--max-trials", str(max_trials)),
         *("-f", str(out_csv)),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
@@ -218,10 +227,11 @@ def to_run(server: str, model: str, concurrency: int, row: dict[str, str], csv_p
 
 def pause_trainings(pause: bool) -> list[int]:
     """SIGSTOP (or SIGCONT) background `genserve train` runs, so they do not skew the numbers."""
-    out = subprocess.run(["pgrep", "-f", "genserve train"], capture_output=True, text=True).stdout.split()
-    for pid in map(int, out):
+    found = subprocess.run(["pgrep", "-f", "genserve train"], capture_output=True, text=True).stdout
+    pids = [int(pid) for pid in found.split()]
+    for pid in pids:
         os.kill(pid, signal.SIGSTOP if pause else signal.SIGCONT)
-    return [int(p) for p in out]
+    return pids
 
 
 def sweep(args: argparse.Namespace) -> dict:

@@ -273,9 +273,10 @@ class DynamicBatcher:
             entry.parts.append((start, out[offset : offset + stop - start]))
             offset += stop - start
             entry.done_units += stop - start
-            if entry.done_units == entry.units:
-                self._metrics.observe_request_done()
-            if entry.done_units == entry.units and not entry.future.done():
+            if entry.done_units < entry.units:
+                continue
+            self._metrics.observe_request_done()
+            if not entry.future.done():
                 entry.parts.sort(key=lambda part: part[0])
                 rows = [rows for _, rows in entry.parts]
                 entry.future.set_result(rows[0] if len(rows) == 1 else np.concatenate(rows))
