@@ -13,9 +13,6 @@ benchmarks/results/quality_steps.json and a PNG next to it, and prints a markdow
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -25,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import report
 from genserve import images
 from genserve.schedule import Sampler
 
@@ -156,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"-n must be in [2, 1000], got {args.num_samples}")
     evaluator = Evaluator()
     n = args.num_samples
-    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    machine = report.machine()
 
     rows = []
     for i, setting in enumerate(settings, 1):
@@ -165,17 +163,17 @@ def main(argv: list[str] | None = None) -> int:
         samples = generate(runner, n, args.seed, setting)
         seconds = time.perf_counter() - start
         start = time.perf_counter()
-        report = evaluator.evaluate(samples.reshape(n, 28, 28), draws=DRAWS)
+        quality = evaluator.evaluate(samples.reshape(n, 28, 28), draws=DRAWS)
         row = {
             "sampler": setting.sampler.value,
             "eta": setting.eta,
             "steps": setting.steps,
-            "fid": report.fid,
-            "fid_floor": report.fid_floor,
-            "fid_ratio": report.fid_ratio,
-            "confident_fraction": report.confident_fraction,
-            "num_classes_present": report.num_classes_present,
-            "class_histogram": report.class_histogram,
+            "fid": quality.fid,
+            "fid_floor": quality.fid_floor,
+            "fid_ratio": quality.fid_ratio,
+            "confident_fraction": quality.confident_fraction,
+            "num_classes_present": quality.num_classes_present,
+            "class_histogram": quality.class_histogram,
             "seconds": round(seconds, 2),
             "images_per_second": round(n / seconds, 3),
             "eval_seconds": round(time.perf_counter() - start, 2),
@@ -200,19 +198,11 @@ def main(argv: list[str] | None = None) -> int:
             "source": "in-process ModelRunner (onnxruntime), x0 clipped, fixed_small variance for DDPM",
             "runs": [s.name for s in settings],
         },
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "load_average_1m_at_start": load_start,
-        },
+        "machine": machine,
         "rows": rows,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
     title = f"{runner.name}: quality vs steps, {n} samples, seed {args.seed} (FID in classifier features)"
-    png = plot(rows, title, args.json.with_suffix(".png"))
-    print(markdown_table(rows))
-    print(f"wrote {args.json} and {png}", file=sys.stderr)
+    report.write(result, args.json, lambda png: plot(rows, title, png), markdown_table(rows))
     return 0
 
 

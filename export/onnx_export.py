@@ -3,8 +3,8 @@
 A DDPM checkpoint is exported as one fused *step* graph (UNet + sampler update); a GAN
 generator as latent (and class label) -> image; translators as source image -> image. One
 checkpoint may hold several servable graphs (a VAE's decoder and its encoder -> decoder
-reconstruction; a CycleGAN's two directions): ``GRAPHS`` names each by (family, view), and
-``SERVED`` says which graph every served model is, with its description and, for a translator,
+reconstruction; a CycleGAN's two directions): ``nets.graphs.GRAPHS`` names each by (family,
+view), and ``SERVED`` says which graph every served model is, with its description and, for a translator,
 the exact recipe of its input. Names and dynamic axes come from ``genserve.signature``.
 """
 
@@ -13,17 +13,16 @@ from __future__ import annotations
 import logging
 import shutil
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from genserve import manifest as mf
 from genserve.nets import load_checkpoint
-from genserve.nets.step import DiffusionStep
-from genserve.nets.vae import VAEDecoder, VAEReconstruct
+from genserve.nets.graphs import DEFAULT_VIEW, servable_module
 from genserve.signature import (
     ModelKind,
     Signature,
@@ -85,22 +84,9 @@ def check_parity(
     return errors
 
 
-DEFAULT_VIEW = "default"
 MNIST_28 = (1, 28, 28)
-
-# (checkpoint family, view) -> the kind of graph and how to cut it from the network.
-GRAPHS: dict[tuple[str, str], tuple[ModelKind, Callable[[torch.nn.Module], torch.nn.Module]]] = {
-    ("unet", DEFAULT_VIEW): (ModelKind.DIFFUSION, DiffusionStep),
-    ("dcgan_generator", DEFAULT_VIEW): (ModelKind.SAMPLER, lambda net: net),
-    ("gaussian", DEFAULT_VIEW): (ModelKind.SAMPLER, lambda net: net),
-    ("vae", DEFAULT_VIEW): (ModelKind.SAMPLER, VAEDecoder),
-    ("vae", "reconstruct"): (ModelKind.TRANSLATOR, VAEReconstruct),
-    ("cgan_generator", DEFAULT_VIEW): (ModelKind.SAMPLER, lambda net: net),
-    ("unet_translator", DEFAULT_VIEW): (ModelKind.TRANSLATOR, lambda net: net),
-    ("srresnet", DEFAULT_VIEW): (ModelKind.TRANSLATOR, lambda net: net),
-    ("cyclegan", "a2b"): (ModelKind.TRANSLATOR, lambda net: net.g_ab),
-    ("cyclegan", "b2a"): (ModelKind.TRANSLATOR, lambda net: net.g_ba),
-}
+# The guidance scale ddpm-cond-mnist serves by default: see the README's guidance sweep.
+DDPM_COND_GUIDANCE = 2.0
 
 
 @dataclass(frozen=True)
@@ -117,9 +103,21 @@ class Servable:
     input_shape: tuple[int, int, int] = MNIST_28  # translators only
     input_description: str = ""  # translators only: the exact recipe of the input
     partner: str | None = None
+    default_guidance: float | None = None  # class-conditional diffusion only
+    # Store the weights (ONNX initializers and weights/) in float16, computed in float32: half the
+    # folder, for a model that would otherwise push the repository past its size budget.
+    half_weights: bool = False
 
 
 SERVED: dict[str, Servable] = {
+    "ddpm-cond-mnist": Servable(
+        "ddpm-cond-mnist",
+        "class-conditional DDPM with classifier-free guidance (Ho & Salimans 2022); served as one fused "
+        "guided denoising step",
+        "conditional",
+        default_guidance=DDPM_COND_GUIDANCE,
+        half_weights=True,
+    ),
     "gaussian-mnist": Servable(
         "gaussian-mnist",
         "Gaussian baseline: mean + top-32 principal components of the training digits, x = mu + E Lambda^1/2 z",
@@ -176,19 +174,11 @@ SERVED: dict[str, Servable] = {
 }
 
 
-def servable_module(net: torch.nn.Module, family: str, view: str = DEFAULT_VIEW) -> tuple[torch.nn.Module, ModelKind]:
-    try:
-        kind, cut = GRAPHS[(family, view)]
-    except KeyError:
-        raise ValueError(f"no export rule for checkpoint family {family!r}, view {view!r}") from None
-    return cut(net).eval(), kind
-
-
 def graph_signature(kind: ModelKind, cfg: dict, servable: Servable | None) -> tuple[Signature, tuple[int, int, int]]:
     """The graph's signature and the shape of the images it produces, from the checkpoint config."""
     if kind is ModelKind.DIFFUSION:
         image_shape = (cfg["image_channels"], cfg["image_size"], cfg["image_size"])
-        return diffusion_step_signature(image_shape), image_shape
+        return diffusion_step_signature(image_shape, cfg.get("num_classes")), image_shape
     image_shape = (cfg.get("image_channels", cfg.get("out_channels", 1)), 28, 28)
     if kind is ModelKind.TRANSLATOR:
         input_shape = servable.input_shape if servable else MNIST_28
@@ -206,12 +196,17 @@ def export_model_folder(
 ) -> mf.Manifest:
     """Checkpoint folder -> model folder (manifest, model.onnx, weights/). Raises if parity fails."""
     net, meta = load_checkpoint(checkpoint)
+    half = bool(servable and servable.half_weights)
+    if half:
+        round_to_half(net)  # what is stored is what runs, in both runtimes
     module, kind = servable_module(net, meta["family"], servable.view if servable else DEFAULT_VIEW)
     cfg = meta["config"]
     signature, image_shape = graph_signature(kind, cfg, servable)
 
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = export_onnx(module, signature, out / mf.ONNX_FILE)
+    if half:
+        store_initializers_in_half(onnx_path)
     errors = check_parity(module, onnx_path, signature)
     log.info("%s parity (max abs error by batch size): %s", name, errors)
     worst = max(errors.values())
@@ -220,8 +215,12 @@ def export_model_folder(
 
     weights = out / mf.WEIGHTS_DIR
     weights.mkdir(exist_ok=True)
-    for f in ("model.safetensors", "config.json"):
-        shutil.copy2(checkpoint / f, weights / f)
+    shutil.copy2(checkpoint / "config.json", weights / "config.json")
+    if half:  # loading casts them back to the network's float32
+        state = {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}
+        save_file({k: v.contiguous() for k, v in state.items()}, str(weights / "model.safetensors"))
+    else:
+        shutil.copy2(checkpoint / "model.safetensors", weights / "model.safetensors")
 
     previous = _previous_metrics(out)
     files = {
@@ -238,10 +237,10 @@ def export_model_folder(
         description=servable.description if servable else _DESCRIPTIONS.get(meta["family"], ""),
         dataset=_DATASETS.get(servable.task if servable else "", _DATASETS[""]),
         latent_dim=cfg.get("latent_dim") if kind is ModelKind.SAMPLER else None,
-        num_classes=cfg.get("num_classes") if kind is ModelKind.SAMPLER else None,
+        num_classes=cfg.get("num_classes") if kind in (ModelKind.SAMPLER, ModelKind.DIFFUSION) else None,
         input_shape=signature.inputs[0].shape[1:] if kind is ModelKind.TRANSLATOR else None,
         input_description=servable.input_description if servable else "",
-        diffusion=mf.DiffusionSpec() if kind is ModelKind.DIFFUSION else None,
+        diffusion=_diffusion_spec(kind, cfg, servable),
         metrics=previous if previous.get("onnx_sha256") == files[mf.ONNX_FILE] else {},
         files=files,
         source={
@@ -252,6 +251,50 @@ def export_model_folder(
     )
     manifest.write(out)
     return manifest
+
+
+def round_to_half(net: torch.nn.Module) -> None:
+    """Round every float weight and buffer to the nearest float16 value, kept in float32."""
+    with torch.no_grad():
+        for tensor in [*net.parameters(), *net.buffers()]:
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.half().float())
+
+
+def store_initializers_in_half(path: Path, min_elements: int = 256) -> None:
+    """Rewrite the float32 initializers of ``path`` (of at least ``min_elements``; all of them
+    already float16 values) as float16 initializers, each read through a Cast to float32: the
+    file halves, the computation stays float32 (ONNX Runtime folds the casts when it loads)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    casts = []
+    for init in graph.initializer:
+        if init.data_type != TensorProto.FLOAT:
+            continue
+        values = numpy_helper.to_array(init)
+        if values.size < min_elements:
+            continue
+        name = init.name
+        if not np.array_equal(values.astype(np.float16).astype(np.float32), values):
+            raise ValueError(f"initializer {name} is not float16-exact; round the network first")
+        init.CopyFrom(numpy_helper.from_array(values.astype(np.float16), f"{name}__fp16"))
+        casts.append(helper.make_node("Cast", [f"{name}__fp16"], [name], to=TensorProto.FLOAT, name=f"{name}__cast"))
+    for node in reversed(casts):
+        graph.node.insert(0, node)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def _diffusion_spec(kind: ModelKind, cfg: dict, servable: Servable | None) -> mf.DiffusionSpec | None:
+    if kind is not ModelKind.DIFFUSION:
+        return None
+    if cfg.get("num_classes") is None:
+        return mf.DiffusionSpec()
+    guidance = servable.default_guidance if servable and servable.default_guidance is not None else 1.0
+    return mf.DiffusionSpec(default_guidance=guidance)
 
 
 def _previous_metrics(out: Path) -> dict:

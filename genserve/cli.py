@@ -33,14 +33,7 @@ def _train(args: argparse.Namespace) -> int:
     out = args.out or (
         DEFAULT_CLASSIFIER if args.family == "classifier" else DEFAULT_CHECKPOINTS / f"{args.family}-mnist"
     )
-    if args.family == "ddpm":
-        from genserve.training.ddpm import DDPMTrainConfig, train_ddpm
-
-        cfg = DDPMTrainConfig(seed=args.seed)
-        if args.steps:
-            cfg.steps = args.steps
-        train_ddpm(out, cfg)
-    elif args.family == "classifier":
+    if args.family == "classifier":
         from genserve.training.classifier import ClassifierTrainConfig, train_classifier
 
         cfg = ClassifierTrainConfig(seed=args.seed)
@@ -54,6 +47,7 @@ def _train(args: argparse.Namespace) -> int:
 
 # Families trained through ``--set``: module under genserve.training, its config class and train function.
 FAMILY_TRAINERS = {
+    "ddpm": ("ddpm", "DDPMTrainConfig", "train_ddpm"),
     "dcgan": ("dcgan", "DCGANTrainConfig", "train_dcgan"),
     "gaussian": ("gaussian", "GaussianTrainConfig", "train_gaussian"),
     "vae": ("vae", "VAETrainConfig", "train_vae"),
@@ -102,6 +96,7 @@ def apply_override(config, assignment: str) -> None:
 # the models described in export.onnx_export.SERVED, which name their own.
 EXPORTS = {
     "ddpm": ("ddpm-mnist",),
+    "ddpm-cond": ("ddpm-cond-mnist",),
     "dcgan": ("dcgan-mnist",),
     "gaussian": ("gaussian-mnist",),
     "vae": ("vae-mnist", "vae-mnist-reconstruct"),
@@ -185,12 +180,13 @@ def _eval_task(args: argparse.Namespace, folder: Path) -> int:
     from genserve import images
     from genserve.training.evaluate import Evaluator, evaluate_task, record_metrics
 
-    metrics, tiles = evaluate_task(folder, args.num_images, args.seed, Evaluator())
+    metrics, tiles = evaluate_task(folder, args.num_images, args.seed, Evaluator(), args.steps, args.guidance)
     print(json.dumps({"model": folder.name, **metrics}, indent=2))
     if args.grid:
         images.save_grid(tiles, args.grid, nrow=10)
     if args.update_manifest:
         settings = {"num_images": args.num_images, "seed": args.seed, "source": "in-process onnxruntime"}
+        settings.update({k: v for k, v in (("steps", args.steps), ("guidance", args.guidance)) if v is not None})
         record_metrics(folder, metrics, settings)
         log.info("recorded the metrics in %s/manifest.json", folder)
     return 0
@@ -272,6 +268,8 @@ def describe_model(info: ModelInfo) -> str:
         details.append(f"{info.num_classes} classes (--label 0..{info.num_classes - 1})")
     if info.kind is ModelKind.DIFFUSION:
         details.append(f"{info.num_timesteps} timesteps, default {info.default_steps} steps")
+    if info.default_guidance is not None:
+        details.append(f"--guidance 0..20, default {info.default_guidance:g}")
     line = f"{info.name:<24} {info.kind.value:<10} {shape:<20} {', '.join(details)}"
     return line + (f"\n    input: {info.input_description}" if info.input_description else "")
 
@@ -288,6 +286,7 @@ def _generate(args: argparse.Namespace) -> int:
             eta=args.eta,
             label=args.label,
             interpolate_to_seed=args.interpolate_to,
+            guidance=args.guidance,
         )
         if args.stream:
             batch = _generate_with_progress(client, args.model, args.num_images, options)
@@ -441,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model family on MNIST (resumes from --out if a state is there)")
-    p.add_argument("family", choices=["ddpm", "classifier", *FAMILY_TRAINERS])
+    p.add_argument("family", choices=["classifier", *FAMILY_TRAINERS])
     p.add_argument("--out", type=Path, help="checkpoint folder (default checkpoints/<family>-mnist)")
     p.add_argument("--steps", type=int, help="optimizer steps (epochs for the classifier)")
     p.add_argument("--seed", type=int, default=0)
@@ -474,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, help="diffusion steps (default: the model's)")
+    p.add_argument("--guidance", type=float, help="guidance scale (class-conditional diffusion; default: the model's)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--server", help="HOST:PORT: sample through a running server instead of in-process")
     source.add_argument("--images", type=Path, help="judge a uint8 .npy of (N, 28, 28) images instead of sampling")
@@ -526,7 +526,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="diffusion sampler (default: DDPM on the full schedule, DDIM on fewer steps)",
     )
     p.add_argument("--eta", type=float, help="DDIM stochasticity in [0, 1] (default 0)")
-    p.add_argument("--label", type=int, help="class of every image (class-conditional samplers; default random)")
+    p.add_argument("--label", type=int, help="class of every image (class-conditional models; default random)")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        help="classifier-free guidance scale (class-conditional diffusion; 1 = no guidance; default: the model's)",
+    )
     p.add_argument(
         "--interpolate-to",
         type=int,

@@ -82,15 +82,17 @@ class GenserveClient:
         timeout_ms: int | None = None,
         label: int | None = None,
         interpolate_to_seed: int | None = None,
+        guidance: float | None = None,
     ) -> np.ndarray:
         """Generate ``num_images`` images: uint8 (N, H, W, C), decoded from the raw tensors.
 
         ``priority``: queue level, 1 first (0 = the model's default); ``timeout_ms``: the server
         gives up on the request (DEADLINE_EXCEEDED) this long after its arrival; ``label``: the class
-        of every image (class-conditional samplers; default a class per image from the seed);
-        ``interpolate_to_seed``: ``num_images`` frames from image 0 of ``seed`` to image 0 of this seed."""
+        of every image (class-conditional models; default a class per image from the seed);
+        ``interpolate_to_seed``: ``num_images`` frames from image 0 of ``seed`` to image 0 of this seed;
+        ``guidance``: the classifier-free guidance scale (class-conditional diffusion models)."""
         request = _request(
-            model, num_images, seed, steps, sampler, eta, priority, timeout_ms, label, interpolate_to_seed
+            model, num_images, seed, steps, sampler, eta, priority, timeout_ms, label, interpolate_to_seed, guidance
         )
         return convert.images_from_response(self._generate(request, convert.ImageEncoding.RAW))
 
@@ -106,10 +108,11 @@ class GenserveClient:
         timeout_ms: int | None = None,
         label: int | None = None,
         interpolate_to_seed: int | None = None,
+        guidance: float | None = None,
     ) -> list[bytes]:
         """Like ``generate``, but the images come back as PNG files (bytes), one per image."""
         request = _request(
-            model, num_images, seed, steps, sampler, eta, priority, timeout_ms, label, interpolate_to_seed
+            model, num_images, seed, steps, sampler, eta, priority, timeout_ms, label, interpolate_to_seed, guidance
         )
         return convert.pngs_from_response(self._generate(request, convert.ImageEncoding.PNG))
 
@@ -171,11 +174,20 @@ class GenserveClient:
         preview_every: int = 0,
         label: int | None = None,
         interpolate_to_seed: int | None = None,
+        guidance: float | None = None,
     ) -> Iterator[StreamEvent]:
         """Progress of a generation as it runs; the last event carries the images (uint8 (N, H, W, C)).
         Closing the iterator early cancels the call, and the server stops the work within a step."""
         request = _request(
-            model, num_images, seed, steps, sampler, eta, label=label, interpolate_to_seed=interpolate_to_seed
+            model,
+            num_images,
+            seed,
+            steps,
+            sampler,
+            eta,
+            label=label,
+            interpolate_to_seed=interpolate_to_seed,
+            guidance=guidance,
         )
         msg = convert.generate_stream_request_to_proto(request, convert.ImageEncoding.RAW, preview_every)
         call = self._stub.GenerateStream(msg, timeout=self.timeout)
@@ -220,6 +232,7 @@ def _request(
     timeout_ms: int | None = None,
     label: int | None = None,
     interpolate_to_seed: int | None = None,
+    guidance: float | None = None,
 ) -> GenerateRequest:
     """The domain request of the client's keyword arguments (a sampler may be given by name)."""
     return GenerateRequest(
@@ -233,4 +246,5 @@ def _request(
         timeout=None if timeout_ms is None else timeout_ms / 1000.0,
         label=label,
         interpolate_to_seed=interpolate_to_seed,
+        guidance=guidance,
     )

@@ -41,6 +41,8 @@ class DiffusionSpec:
     beta_end: float = schedule.BETA_END
     default_steps: int = schedule.NUM_TIMESTEPS
     default_sampler: str = schedule.Sampler.DDPM.value
+    # Class-conditional models: the classifier-free guidance scale a request without one gets.
+    default_guidance: float | None = None
 
     def gaussian_diffusion(self) -> schedule.GaussianDiffusion:
         return schedule.GaussianDiffusion(schedule.linear_betas(self.num_timesteps, self.beta_start, self.beta_end))
@@ -86,7 +88,7 @@ class Manifest:
             d["input_shape"] = list(self.input_shape)
             d["input_description"] = self.input_description
         if self.diffusion is not None:
-            d["diffusion"] = self.diffusion.__dict__.copy()
+            d["diffusion"] = {k: v for k, v in self.diffusion.__dict__.items() if v is not None}
         d.update(metrics=self.metrics, files=self.files, source=self.source)
         return d
 

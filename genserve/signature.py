@@ -58,6 +58,8 @@ class Signature:
             shape = spec.concrete(batch)
             if spec.name == "label":
                 feeds[spec.name] = rng.integers(0, 10, size=shape, dtype=np.int64)
+            elif spec.name == "guidance":
+                feeds[spec.name] = rng.uniform(0.0, 5.0, size=shape).astype(np.float32)
             elif spec.dtype == "int64":
                 feeds[spec.name] = rng.integers(0, schedule.NUM_TIMESTEPS, size=shape, dtype=np.int64)
             elif spec.name == "coef":
@@ -83,17 +85,19 @@ def _sample_coefficients(rng: np.random.Generator, batch: int) -> np.ndarray:
     return np.stack(rows).astype(np.float32)
 
 
-def diffusion_step_signature(image_shape: tuple[int, int, int]) -> Signature:
+def diffusion_step_signature(image_shape: tuple[int, int, int], num_classes: int | None = None) -> Signature:
+    """x_t, t, per-slot coefficients and noise -> x_{t-1}; a class-conditional (guided) step also
+    takes an int64 label and a float32 classifier-free guidance scale per slot."""
     img = (BATCH, *image_shape)
-    return Signature(
-        inputs=(
-            TensorSpec("x", "float32", img),
-            TensorSpec("t", "int64", (BATCH,)),
-            TensorSpec("coef", "float32", (BATCH, len(schedule.COEF_COLUMNS))),
-            TensorSpec("noise", "float32", img),
-        ),
-        outputs=(TensorSpec("x_prev", "float32", img),),
+    inputs = (
+        TensorSpec("x", "float32", img),
+        TensorSpec("t", "int64", (BATCH,)),
+        TensorSpec("coef", "float32", (BATCH, len(schedule.COEF_COLUMNS))),
+        TensorSpec("noise", "float32", img),
     )
+    if num_classes is not None:
+        inputs += (TensorSpec("label", "int64", (BATCH,)), TensorSpec("guidance", "float32", (BATCH,)))
+    return Signature(inputs=inputs, outputs=(TensorSpec("x_prev", "float32", img),))
 
 
 def latent_sampler_signature(

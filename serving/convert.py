@@ -101,6 +101,7 @@ def generate_request_from_proto(msg: pb.GenerateRequest) -> tuple[GenerateReques
         timeout=_timeout_from_proto(msg),
         label=msg.label if msg.HasField("label") else None,
         interpolate_to_seed=msg.interpolate_to_seed if msg.HasField("interpolate_to_seed") else None,
+        guidance=float(msg.guidance) if msg.HasField("guidance") else None,
     )
     encoding = _enum_from_pb(_ENCODING_FROM_PB, msg.encoding, "encoding", pb.ImageEncoding)
     return request, encoding
@@ -166,6 +167,8 @@ def generate_request_to_proto(
         msg.label = request.label
     if request.interpolate_to_seed is not None:
         msg.interpolate_to_seed = request.interpolate_to_seed
+    if request.guidance is not None:
+        msg.guidance = request.guidance
     return msg
 
 
@@ -326,6 +329,7 @@ def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
                 default_sampler=pb.SAMPLER_UNSPECIFIED
                 if info.default_sampler is None
                 else _SAMPLER[info.default_sampler],
+                default_guidance=info.default_guidance,
             )
         )
     return msg
@@ -342,6 +346,7 @@ def model_info_from_proto(msg: pb.ModelInfo) -> ModelInfo:
         num_timesteps=diffusion.num_timesteps if diffusion else None,
         default_steps=diffusion.default_steps if diffusion else None,
         default_sampler=_SAMPLER_FROM_PB.get(diffusion.default_sampler) if diffusion else None,
+        default_guidance=diffusion.default_guidance if diffusion and diffusion.HasField("default_guidance") else None,
         metrics=json.loads(msg.metrics_json) if msg.metrics_json else dict(msg.metrics),
         description=msg.description,
         dataset=msg.dataset,

@@ -96,10 +96,12 @@ class _Buffers:
     seed: np.ndarray  # (S,) int64
     index: np.ndarray  # (S,) int64
     step: np.ndarray  # (S,) int64: steps done
+    label: np.ndarray  # (S,) int64: class-conditional models
+    guidance: np.ndarray  # (S,) float32: class-conditional models
     arrays: tuple[np.ndarray, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.arrays = (self.x, self.t, self.coef, self.seed, self.index, self.step)
+        self.arrays = (self.x, self.t, self.coef, self.seed, self.index, self.step, self.label, self.guidance)
 
     def move(self, src: int, dst: int) -> None:
         for a in self.arrays:
@@ -134,7 +136,10 @@ class DiffusionScheduler:
             seed=np.zeros(s, np.int64),
             index=np.zeros(s, np.int64),
             step=np.zeros(s, np.int64),
+            label=np.zeros(s, np.int64),
+            guidance=np.zeros(s, np.float32),
         )
+        self._conditional = runner.conditional
         self._shape = shape
         self._slots: list[_SlotRef] = []
         self._waiting: dict[int, _Request] = {}
@@ -278,6 +283,8 @@ class DiffusionScheduler:
         b = self._buf
         z = noise.gaussian(b.seed[:n], b.index[:n], b.step[:n] + 1, self._shape)  # iteration k draws step k + 1
         feeds = {"x": b.x[:n], "t": b.t[:n], "coef": b.coef[:n], "noise": z}
+        if self._conditional:
+            feeds.update(label=b.label[:n], guidance=b.guidance[:n])
         b.x[:n] = self.engine.run(feeds)["x_prev"]
 
     def _apply(self, now: float) -> None:
@@ -338,6 +345,10 @@ class DiffusionScheduler:
         b.seed[n : n + k] = entry.request.seed
         b.index[n : n + k] = idx
         b.step[n : n + k] = 0
+        if self._conditional:
+            labels = self.runner.labels(seeds, idx, entry.request.label)
+            for name, values in self.runner.step_conditioning(labels, entry.plan).items():
+                getattr(b, name)[n : n + k] = values
         self._slots.extend(_SlotRef(entry, int(i)) for i in image_indices)
 
     def _fail_running(self, exc: Exception) -> None:

@@ -24,8 +24,9 @@ class GenerateRequest:
     clip_denoised: bool = True  # clip x̂₀ to [-1, 1] as Ho et al.'s code does; False = Algorithm 2 verbatim
     priority: int = 0  # queue priority level, 1 = first; 0 = the model's default
     timeout: float | None = None  # seconds from arrival; the request fails DEADLINE_EXCEEDED after it
-    label: int | None = None  # class-conditional samplers only; None = a class per image from (seed, index)
+    label: int | None = None  # class-conditional models only; None = a class per image from (seed, index)
     interpolate_to_seed: int | None = None  # samplers only: num_images frames from seed's to this seed's latent
+    guidance: float | None = None  # class-conditional diffusion only; None = the model's default
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,6 +65,7 @@ class ModelInfo:
     num_timesteps: int | None = None  # diffusion only
     default_steps: int | None = None  # diffusion only
     default_sampler: Sampler | None = None  # diffusion only, on the full schedule
+    default_guidance: float | None = None  # class-conditional diffusion only
     metrics: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     dataset: str = ""
@@ -84,6 +86,7 @@ class ModelInfo:
             num_timesteps=spec.num_timesteps if spec else None,
             default_steps=spec.default_steps if spec else None,
             default_sampler=Sampler(spec.default_sampler) if spec else None,
+            default_guidance=spec.default_guidance if spec else None,
             metrics=dict(manifest.metrics),
             description=manifest.description,
             dataset=manifest.dataset,

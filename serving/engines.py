@@ -16,7 +16,7 @@ import numpy as np
 
 from genserve.manifest import ONNX_FILE, WEIGHTS_DIR, Manifest
 from genserve.serving.errors import Unavailable
-from genserve.signature import ModelKind, Signature
+from genserve.signature import Signature
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +62,17 @@ class OnnxRuntimeEngine:
 class TorchEngine:
     """The network rebuilt from the model folder's checkpoint, run in PyTorch eager (reference)."""
 
-    def __init__(self, weights_dir: Path, kind: ModelKind, signature: Signature, max_batch_size: int):
+    def __init__(self, weights_dir: Path, signature: Signature, max_batch_size: int, view: str | None = None):
         import torch
 
         from genserve.nets import load_checkpoint
-        from genserve.nets.step import DiffusionStep
+        from genserve.nets.graphs import DEFAULT_VIEW, servable_module
 
         self._torch = torch
         self.signature = signature
         self.max_batch_size = max_batch_size
-        net, _ = load_checkpoint(weights_dir)
-        self.module = DiffusionStep(net).eval() if kind is ModelKind.DIFFUSION else net.eval()
+        net, meta = load_checkpoint(weights_dir)
+        self.module, _ = servable_module(net, meta["family"], view or DEFAULT_VIEW)  # the graph export wrote
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch
@@ -90,7 +90,7 @@ def create_engine(folder: Path, manifest: Manifest, backend: Backend, intra_op_t
         weights = folder / WEIGHTS_DIR
         if not (weights / "config.json").is_file():
             raise Unavailable(f"model {manifest.name} has no {WEIGHTS_DIR}/ checkpoint for the torch backend")
-        return TorchEngine(weights, manifest.kind, manifest.signature, manifest.max_batch_size)
+        return TorchEngine(weights, manifest.signature, manifest.max_batch_size, manifest.source.get("view"))
     if backend is Backend.TENSORRT:
         from genserve.serving.tensorrt_engine import TensorRTEngine
 

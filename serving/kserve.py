@@ -19,6 +19,9 @@ image, and each row is submitted as its own one-image request):
                                                 absent = the model's default steps
     input  LABEL       INT32  dims [1]          class-conditional models only, optional; absent =
                                                 a class per image drawn from its seed
+    input  GUIDANCE    FP32   dims [1]          class-conditional diffusion only, optional; the
+                                                classifier-free guidance scale of row r; absent =
+                                                the model's default
     translators
     input  SOURCE      UINT8  dims [h, w, c]    required; the model's input image (input_shape)
     every model
@@ -26,7 +29,7 @@ image, and each row is submitted as its own one-image request):
     output IMAGE_FP32  FP32   dims [H, W, C]    only when named: IMAGE / 255, for float pipelines
 
 Row r of IMAGE is byte for byte image 0 of genserve's own ``Generate(model, num_images=1,
-seed=SEED[r], steps=STEPS, label=LABEL[r])``, or of ``Translate(model, [SOURCE[r]])``. The rows
+seed=SEED[r], steps=STEPS, label=LABEL[r], guidance=GUIDANCE[r])``, or of ``Translate(model, [SOURCE[r]])``. The rows
 are submitted concurrently, so the dynamic batcher (one-pass models) or the step scheduler
 (diffusion) batches them with each other and with every other client's work; each row counts
 against the model's ``max_queue_size``. The call's gRPC deadline bounds every row, and the
@@ -36,12 +39,12 @@ IMAGE only (not every output): the float copy is four times the bytes and few cl
 
 Inputs come as little-endian ``raw_input_contents`` (what Triton's clients send) or in the typed
 ``contents`` fields (``int64_contents`` for SEED, ``int_contents`` for STEPS and LABEL,
-``uint_contents`` for SOURCE); outputs are returned in ``raw_output_contents``, which is what
-Triton's clients read. ModelStreamInfer takes a stream of ModelInferRequests and answers each
-with one ModelStreamInferResponse as soon as it is done (so not always in request order; match
-them by ``id``); a failed request gets ``error_message`` and the stream goes on. Shared-memory
-tensors and the repository-control, shared-memory, trace and log RPCs are not supported
-(UNIMPLEMENTED, the generated base class's answer).
+``fp32_contents`` for GUIDANCE, ``uint_contents`` for SOURCE); outputs are returned in
+``raw_output_contents``, which is what Triton's clients read. ModelStreamInfer takes a stream of
+ModelInferRequests and answers each with one ModelStreamInferResponse as soon as it is done (so
+not always in request order; match them by ``id``); a failed request gets ``error_message`` and
+the stream goes on. Shared-memory tensors and the repository-control, shared-memory, trace and
+log RPCs are not supported (UNIMPLEMENTED, the generated base class's answer).
 
 ModelStatistics: ``success`` and ``fail`` count this API's ModelInfer calls with their wall time.
 ``queue``, ``compute_infer``, ``execution_count`` and ``inference_count`` are the model's
@@ -83,7 +86,7 @@ SERVICE_NAME: str = SERVICE_DESCRIPTOR.full_name  # "inference.GRPCInferenceServ
 SERVER_NAME = "genserve"
 # Triton protocol extensions genserve implements in full: the ModelConfig and ModelStatistics RPCs.
 EXTENSIONS = ("model_configuration", "statistics")
-SEED, STEPS, LABEL, SOURCE = "SEED", "STEPS", "LABEL", "SOURCE"
+SEED, STEPS, LABEL, GUIDANCE, SOURCE = "SEED", "STEPS", "LABEL", "GUIDANCE", "SOURCE"
 IMAGE, IMAGE_FP32 = "IMAGE", "IMAGE_FP32"
 READY = "READY"
 
@@ -109,6 +112,7 @@ class TensorSpec:
 _SEED = TensorSpec(SEED, "INT64", mc.TYPE_INT64, np.dtype("<i8"), "int64_contents")
 _STEPS = TensorSpec(STEPS, "INT32", mc.TYPE_INT32, np.dtype("<i4"), "int_contents", optional=True)
 _LABEL = TensorSpec(LABEL, "INT32", mc.TYPE_INT32, np.dtype("<i4"), "int_contents", optional=True)
+_GUIDANCE = TensorSpec(GUIDANCE, "FP32", mc.TYPE_FP32, np.dtype("<f4"), "fp32_contents", optional=True)
 
 
 def input_specs(info: ModelInfo) -> tuple[TensorSpec, ...]:
@@ -116,7 +120,9 @@ def input_specs(info: ModelInfo) -> tuple[TensorSpec, ...]:
         c, h, w = info.input_shape
         return (TensorSpec(SOURCE, "UINT8", mc.TYPE_UINT8, np.dtype(np.uint8), "uint_contents", dims=(h, w, c)),)
     specs = (_SEED, _STEPS) if info.kind is ModelKind.DIFFUSION else (_SEED,)
-    return specs + (_LABEL,) if info.num_classes is not None else specs
+    if info.num_classes is not None:
+        specs += (_LABEL, _GUIDANCE) if info.kind is ModelKind.DIFFUSION else (_LABEL,)
+    return specs
 
 
 def output_specs(info: ModelInfo) -> tuple[TensorSpec, ...]:
@@ -241,10 +247,12 @@ def infer_call_from_proto(msg: pb.ModelInferRequest, info: ModelInfo) -> InferCa
         if np.any(column != column[0]):
             raise InvalidArgument(f"input {STEPS} must be the same on every row, got {column.tolist()}")
         steps = int(column[0])
-    labels = values[LABEL][:, 0].tolist() if LABEL in values else [None] * len(values[SEED])
+    unset = [None] * len(values[SEED])
+    labels = values[LABEL][:, 0].tolist() if LABEL in values else unset
+    guidances = values[GUIDANCE][:, 0].tolist() if GUIDANCE in values else unset
     rows = tuple(
-        GenerateRequest(model, 1, seed=int(seed), steps=steps, label=label, timeout=timeout)
-        for seed, label in zip(values[SEED][:, 0].tolist(), labels, strict=True)
+        GenerateRequest(model, 1, seed=int(seed), steps=steps, label=label, guidance=guidance, timeout=timeout)
+        for seed, label, guidance in zip(values[SEED][:, 0].tolist(), labels, guidances, strict=True)
     )
     return InferCall(rows, outputs)
 

@@ -28,6 +28,7 @@ from genserve.signature import ModelKind
 log = logging.getLogger(__name__)
 
 MAX_IMAGES_PER_REQUEST = 256
+MAX_GUIDANCE = 20.0  # beyond this classifier-free guidance only saturates images
 # The noise.slot_keys step of random class labels; no sampling step (0, 1, ...) collides with it.
 LABEL_STEP = -1
 
@@ -43,6 +44,7 @@ class DiffusionPlan:
     sampler: schedule.Sampler
     timesteps: np.ndarray  # (K,) int64
     coefs: np.ndarray  # (K, len(COEF_COLUMNS)) float32
+    guidance: float | None = None  # class-conditional models: the classifier-free guidance scale
 
 
 class ModelRunner:
@@ -79,8 +81,8 @@ class ModelRunner:
 
     @property
     def conditional(self) -> bool:
-        """A class-conditional sampler: its graph takes a label per image."""
-        return self.manifest.kind is ModelKind.SAMPLER and self.manifest.num_classes is not None
+        """A class-conditional sampler or diffusion model: its graph takes a label per image."""
+        return self.manifest.kind is not ModelKind.TRANSLATOR and self.manifest.num_classes is not None
 
     def validate(self, request: Request) -> DiffusionPlan | None:
         """Raise InvalidArgument naming what is allowed; return the diffusion plan if any."""
@@ -94,7 +96,7 @@ class ModelRunner:
         self._validate_label(request.label)
         self._validate_interpolation(request)
         if m.kind is not ModelKind.DIFFUSION:
-            for field in ("steps", "sampler", "eta"):
+            for field in ("steps", "sampler", "eta", "guidance"):
                 if getattr(request, field) is not None:
                     raise InvalidArgument(
                         f"{field} applies to diffusion models only; {m.name} is a {m.kind.value} model"
@@ -115,7 +117,24 @@ class ModelRunner:
         ts, coefs = schedule.step_coefficients(
             self.diffusion, steps, sampler, eta=eta, variance=request.variance, clip_denoised=request.clip_denoised
         )
-        return DiffusionPlan(sampler, ts, coefs.astype(np.float32))
+        return DiffusionPlan(sampler, ts, coefs.astype(np.float32), self._guidance(request.guidance))
+
+    def _guidance(self, guidance: float | None) -> float | None:
+        m = self.manifest
+        if not self.conditional:
+            if guidance is not None:
+                raise InvalidArgument(
+                    f"guidance applies to class-conditional diffusion models only; {m.name} is not one"
+                )
+            return None
+        if guidance is None:
+            return m.diffusion.default_guidance if m.diffusion.default_guidance is not None else 1.0
+        if not 0.0 <= guidance <= MAX_GUIDANCE:  # also rejects NaN
+            raise InvalidArgument(
+                f"guidance must be in [0, {MAX_GUIDANCE:g}] (1 = the plain conditional model, 0 = unconditional), "
+                f"got {guidance}"
+            )
+        return float(guidance)
 
     def _check_count(self, n: int, what: str) -> None:
         if not 1 <= n <= self.max_images:
@@ -126,7 +145,7 @@ class ModelRunner:
         if label is None:
             return
         if not self.conditional:
-            raise InvalidArgument(f"label applies to class-conditional samplers only; {m.name} is not one")
+            raise InvalidArgument(f"label applies to class-conditional models only; {m.name} is not one")
         if not 0 <= label < m.num_classes:
             raise InvalidArgument(f"label must be in [0, {m.num_classes}) for model {m.name}, got {label}")
 
@@ -179,7 +198,8 @@ class ModelRunner:
             else:
                 index = np.arange(start, stop)
                 seeds = np.full(len(index), request.seed, dtype=np.int64)
-                out.append(self._diffuse(engine, seeds, index, plan, cancelled))
+                labels = self.labels(seeds, index, request.label) if self.conditional else None
+                out.append(self._diffuse(engine, seeds, index, plan, cancelled, labels))
         return np.concatenate(out)
 
     def run_images(self, parts: Sequence[Part], instance: int = 0) -> np.ndarray:
@@ -197,13 +217,21 @@ class ModelRunner:
         return images.to_uint8(next(iter(self.engines[instance].run(feeds).values())))
 
     def diffuse_images(
-        self, seeds: np.ndarray, index: np.ndarray, request: GenerateRequest, instance: int = 0
+        self,
+        seeds: np.ndarray,
+        index: np.ndarray,
+        request: GenerateRequest,
+        instance: int = 0,
+        labels: np.ndarray | None = None,
     ) -> np.ndarray:
         """A diffusion model's images ``index[i]`` of seeds ``seeds[i]``, all with ``request``'s
-        schedule, run to the end together (request-level batching, as a server without step-level
-        scheduling runs them: the Triton peer of the benchmarks): uint8 (B, H, W, C)."""
+        schedule (and class and guidance), run to the end together (request-level batching, as a
+        server without step-level scheduling runs them: the Triton peer of the benchmarks): uint8
+        (B, H, W, C). ``labels`` gives a conditional model a class per image instead (evaluation)."""
         plan = self.validate(request)
-        return images.to_uint8(self._diffuse(self.engines[instance], seeds, index, plan))
+        if self.conditional and labels is None:
+            labels = self.labels(seeds, index, request.label)
+        return images.to_uint8(self._diffuse(self.engines[instance], seeds, index, plan, labels=labels))
 
     def _run_once(self, engine: Engine, parts: Sequence[Part]) -> np.ndarray:
         feeds = [self._feeds(request, start, stop) for request, start, stop in parts]
@@ -225,12 +253,16 @@ class ModelRunner:
         n = len(index)
         feeds = {"z": noise.gaussian(seeds, index, np.full(n, noise.INITIAL_STEP), (self.manifest.latent_dim,))}
         if self.conditional:
-            if label is None:
-                keys = noise.slot_keys(seeds, index, np.full(n, LABEL_STEP))
-                feeds["label"] = (keys % np.uint64(self.manifest.num_classes)).astype(np.int64)
-            else:
-                feeds["label"] = np.full(n, label, dtype=np.int64)
+            feeds["label"] = self.labels(seeds, index, label)
         return feeds
+
+    def labels(self, seeds: np.ndarray, index: np.ndarray, label: int | None) -> np.ndarray:
+        """The class of image ``index[i]`` of seed ``seeds[i]`` of a conditional model, int64: ``label``
+        for every image, or (None) one drawn from the image's own (seed, index)."""
+        if label is not None:
+            return np.full(len(index), label, dtype=np.int64)
+        keys = noise.slot_keys(seeds, index, np.full(len(index), LABEL_STEP))
+        return (keys % np.uint64(self.manifest.num_classes)).astype(np.int64)
 
     def _interpolation_feeds(self, request: GenerateRequest, index: np.ndarray) -> dict[str, np.ndarray]:
         """Frames ``index`` of the slerp from image 0 of ``seed`` to image 0 of ``interpolate_to_seed``,
@@ -250,18 +282,28 @@ class ModelRunner:
         index: np.ndarray,
         plan: DiffusionPlan,
         cancelled: threading.Event | None = None,
+        labels: np.ndarray | None = None,
     ) -> np.ndarray:
+        """Images ``index[i]`` of seeds ``seeds[i]`` through every step of ``plan`` (a conditional
+        model: of class ``labels[i]``), float32 (B, C, H, W)."""
         shape = self.manifest.image_shape
         n = len(index)
         x = noise.gaussian(seeds, index, np.full(n, noise.INITIAL_STEP), shape)
         t = np.empty(n, dtype=np.int64)
+        conditioning = self.step_conditioning(labels, plan)
         for k, (timestep, coef) in enumerate(zip(plan.timesteps, plan.coefs, strict=True)):
             _stop_if(cancelled)
             t.fill(timestep)
             z = noise.gaussian(seeds, index, np.full(n, k + 1), shape)
-            feeds = {"x": x, "t": t, "coef": np.broadcast_to(coef, (n, len(coef))).copy(), "noise": z}
+            feeds = {"x": x, "t": t, "coef": np.broadcast_to(coef, (n, len(coef))).copy(), "noise": z, **conditioning}
             x = engine.run(feeds)["x_prev"]
         return x
+
+    def step_conditioning(self, labels: np.ndarray | None, plan: DiffusionPlan) -> dict[str, np.ndarray]:
+        """The step graph's per-slot label and guidance inputs (a conditional model; else none)."""
+        if not self.conditional:
+            return {}
+        return {"label": labels, "guidance": np.full(len(labels), plan.guidance, dtype=np.float32)}
 
 
 def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:

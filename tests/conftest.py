@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-CGAN, PIX2PIX, SUPERRES = "cgan-tiny", "pix2pix-tiny", "superres-tiny"
+CGAN, PIX2PIX, SUPERRES, DDPM_COND = "cgan-tiny", "pix2pix-tiny", "superres-tiny", "ddpm-cond-tiny"
 NUM_CLASSES, LATENT_DIM = 10, 8
 INPUT_DESCRIPTIONS = {
     PIX2PIX: "any 28x28 grayscale image (a random-init test network)",
@@ -16,10 +16,11 @@ INPUT_DESCRIPTIONS = {
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model repository built once per session: ``ddpm-tiny`` (diffusion), ``dcgan-tiny`` (sampler)
-    from the real export path, and ``cgan-tiny`` (class-conditional sampler), ``pix2pix-tiny``
-    (28x28 -> 28x28 translator) and ``superres-tiny`` (7x7 -> 28x28 translator) from small networks
-    defined here, exported with the same ONNX export and parity check, with manifests of their kinds."""
+    """A model repository built once per session: ``ddpm-tiny`` (diffusion), ``ddpm-cond-tiny``
+    (class-conditional diffusion with guidance), ``dcgan-tiny`` (sampler) from the real export
+    path, and ``cgan-tiny`` (class-conditional sampler), ``pix2pix-tiny`` (28x28 -> 28x28
+    translator) and ``superres-tiny`` (7x7 -> 28x28 translator) from small networks defined here,
+    exported with the same ONNX export and parity check, with manifests of their kinds."""
     import torch
 
     from genserve.export.onnx_export import export_model_folder
@@ -35,6 +36,13 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     generator = Generator(DCGANConfig(gen_features=16))
     save_checkpoint(checkpoints / "dcgan", "dcgan_generator", generator.eval(), generator.config)
     export_model_folder(checkpoints / "ddpm", models / "ddpm-tiny", "ddpm-tiny")
+    cond = UNet(UNetConfig(base_channels=16, groups=4, num_classes=NUM_CLASSES))
+    with torch.no_grad():  # the zero-initialised layers too, so that labels and guidance show
+        for p in cond.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.2)
+    save_checkpoint(checkpoints / "ddpm-cond", "unet", cond.eval(), cond.config)
+    export_model_folder(checkpoints / "ddpm-cond", models / DDPM_COND, DDPM_COND)
     export_model_folder(checkpoints / "dcgan", models / "dcgan-tiny", "dcgan-tiny")
     _export_family_models(models)
     return models

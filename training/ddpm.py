@@ -1,4 +1,10 @@
-"""DDPM training (Ho et al. 2020): ε-prediction, uniform t, simple MSE loss, EMA weights."""
+"""DDPM training (Ho et al. 2020): ε-prediction, uniform t, simple MSE loss, EMA weights.
+
+With ``unet.num_classes`` set the UNet is class-conditional and trained for classifier-free
+guidance (Ho & Salimans 2022): each image's label is replaced by the null label with
+probability ``label_dropout``, so one network learns both ε(x, t, y) and ε(x, t). ``init_from``
+starts from another UNet checkpoint (an unconditional one: the class embedding starts at zero).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +15,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
 from genserve import images, schedule
-from genserve.nets import save_checkpoint
-from genserve.nets.step import DiffusionStep, sample
+from genserve.nets import load_checkpoint, save_checkpoint
+from genserve.nets.step import sample, step_module
 from genserve.nets.unet import UNet, UNetConfig
 from genserve.training.data import batches, mnist_splits, to_model_range
 from genserve.training.loop import EMA, load_state, save_state, seed_everything
@@ -36,6 +43,11 @@ class DDPMTrainConfig:
     seed: int = 0
     checkpoint_every: int = 500
     sample_every: int = 1000
+    label_dropout: float = 0.1  # class-conditional only: P(label -> null label)
+    class_lr_scale: float = 10.0  # class-conditional only: the class embedding's learning rate / lr
+    init_from: str = ""  # a UNet checkpoint folder to start from; its missing weights stay at init
+    grid_steps: int = 50  # DDIM steps of the periodic sample grids
+    grid_guidance: float = 3.0  # class-conditional only: guidance scale of the periodic sample grids
 
 
 def learning_rate(config: DDPMTrainConfig, step: int) -> float:
@@ -54,9 +66,14 @@ def train_ddpm(out: Path, config: DDPMTrainConfig) -> Path:
 
     train, _ = mnist_splits()
     data = to_model_range(train.images).contiguous(memory_format=torch.channels_last)  # (N, 1, 28, 28)
-    model = UNet(config.unet).to(memory_format=torch.channels_last)
+    labels = torch.from_numpy(train.labels)
+    model = UNet(config.unet)
+    if config.init_from:
+        _init_from(model, Path(config.init_from))
+    model = model.to(memory_format=torch.channels_last)
+    conditional = model.null_label is not None
     ema = EMA(model, config.ema_decay)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=0.0)
     out.mkdir(parents=True, exist_ok=True)
     start = load_state(out, generator, model=model, ema=ema.model, opt=opt)
     log.info("UNet with %.2fM parameters", sum(p.numel() for p in model.parameters()) / 1e6)
@@ -66,13 +83,19 @@ def train_ddpm(out: Path, config: DDPMTrainConfig) -> Path:
     bar = tqdm(total=config.steps, initial=start, desc="ddpm", unit="step", smoothing=0.05)
     batch_iter = batches(data, config.batch_size, generator)
     for step in range(start, config.steps):
-        x0 = data[next(batch_iter)]  # (B, 1, 28, 28)
+        rows = next(batch_iter)
+        x0 = data[rows]  # (B, 1, 28, 28)
         t = torch.randint(0, diffusion.num_timesteps, (len(x0),), generator=generator)
         eps = torch.randn(x0.shape, generator=generator)
         x_t = sqrt_ab[t][:, None, None, None] * x0 + sqrt_1m_ab[t][:, None, None, None] * eps
-        loss = F.mse_loss(model(x_t, t), eps)
+        if conditional:
+            y = labels[rows]
+            drop = torch.rand(len(y), generator=generator) < config.label_dropout
+            loss = F.mse_loss(model(x_t, t, torch.where(drop, model.null_label, y)), eps)
+        else:
+            loss = F.mse_loss(model(x_t, t), eps)
         for group in opt.param_groups:
-            group["lr"] = learning_rate(config, step)
+            group["lr"] = learning_rate(config, step) * group.get("lr_scale", 1.0)  # none in older states
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -85,9 +108,32 @@ def train_ddpm(out: Path, config: DDPMTrainConfig) -> Path:
             _checkpoint(out, config, ema.model, done, time.time() - t0)
             save_state(out, done, generator, model=model, ema=ema.model, opt=opt)
         if done % config.sample_every == 0 or done == config.steps:
-            _sample_grid(out, ema.model, done)
+            _sample_grid(out, ema.model, done, config)
     bar.close()
     return out
+
+
+def _param_groups(model: UNet, config: DDPMTrainConfig) -> list[dict]:
+    """One group, or two for a conditional UNet: the class embedding learns ``class_lr_scale``
+    times faster (a fine-tune starts every other weight trained and the classes from scratch)."""
+    if model.null_label is None:
+        return [{"params": list(model.parameters()), "lr_scale": 1.0}]
+    embed = list(model.class_embed.parameters())
+    rest = [p for p in model.parameters() if all(p is not e for e in embed)]
+    return [{"params": rest, "lr_scale": 1.0}, {"params": embed, "lr_scale": config.class_lr_scale}]
+
+
+def _init_from(model: UNet, folder: Path) -> None:
+    """Copy every weight of the UNet checkpoint in ``folder`` into ``model``; only weights the
+    source lacks (a class embedding) may stay at their init."""
+    source, _ = load_checkpoint(folder)
+    try:
+        missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+    except RuntimeError as exc:  # shapes differ
+        raise ValueError(f"{folder} does not fit this UNet: {exc}") from None
+    if unexpected or any(not k.startswith("class_embed.") for k in missing):
+        raise ValueError(f"{folder} does not fit this UNet: missing {missing}, unexpected {unexpected}")
+    log.info("initialised from %s (left at init: %s)", folder, missing or "nothing")
 
 
 def _checkpoint(out: Path, config: DDPMTrainConfig, ema_model: torch.nn.Module, step: int, seconds: float) -> None:
@@ -95,16 +141,21 @@ def _checkpoint(out: Path, config: DDPMTrainConfig, ema_model: torch.nn.Module, 
     save_checkpoint(out, "unet", ema_model, config.unet, extra)
 
 
-def _sample_grid(out: Path, ema_model: torch.nn.Module, step: int) -> None:
-    """64 samples with 50-step DDIM from the EMA weights, written next to the checkpoint."""
+def _sample_grid(out: Path, ema_model: UNet, step: int, config: DDPMTrainConfig) -> None:
+    """64 samples with DDIM (``grid_steps``) from the EMA weights, written next to the checkpoint (a
+    class-conditional model: 80, labels 0-9 along each row, at ``grid_guidance``)."""
     ema_model.eval()
+    conditional = ema_model.null_label is not None
+    n, nrow = (80, 10) if conditional else (64, 8)
     x = sample(
-        DiffusionStep(ema_model),
-        64,
+        step_module(ema_model),
+        n,
         seed=0,
         image_shape=(1, 28, 28),
-        num_steps=50,
+        num_steps=config.grid_steps,
         sampler=schedule.Sampler.DDIM,
         eta=0.0,
+        labels=np.arange(n) % 10 if conditional else None,
+        guidance=config.grid_guidance,
     )
-    images.save_grid(images.to_uint8(x.numpy()), out / "samples" / f"step{step:06d}.png", nrow=8)
+    images.save_grid(images.to_uint8(x.numpy()), out / "samples" / f"step{step:06d}.png", nrow=nrow)

@@ -29,6 +29,7 @@ import torch
 from scipy import linalg
 
 from genserve.nets import load_checkpoint
+from genserve.signature import ModelKind
 from genserve.training import data
 from genserve.training.data import mnist_splits, to_model_range, to_uint8
 from genserve.training.loop import server_latents
@@ -121,17 +122,24 @@ def fid(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     )
 
 
-def samples_from_folder(folder: Path, n: int, seed: int, steps: int | None = None) -> np.ndarray:
+def samples_from_folder(
+    folder: Path,
+    n: int,
+    seed: int,
+    steps: int | None = None,
+    guidance: float | None = None,
+    labels: np.ndarray | None = None,
+) -> np.ndarray:
     """Images 0 .. n-1 of ``seed`` through the serving core in-process (ONNX Runtime): uint8
-    (N, H, W, C), what ``Generate(model, n, seed, steps)`` returns. Run in engine batches rather
-    than as one request, because a request holds at most ``MAX_IMAGES_PER_REQUEST`` images and an
-    evaluation may want more (FID on 1,000 samples)."""
+    (N, H, W, C), what ``Generate(model, n, seed, steps, guidance=guidance)`` returns. Run in engine
+    batches rather than as one request, because a request holds at most ``MAX_IMAGES_PER_REQUEST``
+    images and an evaluation may want more (FID on 1,000 samples). ``labels`` (n,) gives a
+    class-conditional diffusion model the class of each image."""
     from genserve.serving.domain import GenerateRequest
     from genserve.serving.runner import ModelRunner
-    from genserve.signature import ModelKind
 
     runner = ModelRunner(folder)
-    schedule = GenerateRequest(runner.name, 1, seed=seed, steps=steps)
+    schedule = GenerateRequest(runner.name, 1, seed=seed, steps=steps, guidance=guidance)
     runner.validate(schedule)  # steps in range, and only for a diffusion model
     diffusion = runner.manifest.kind is ModelKind.DIFFUSION
     chunks = []
@@ -139,7 +147,9 @@ def samples_from_folder(folder: Path, n: int, seed: int, steps: int | None = Non
         index = np.arange(start, min(n, start + runner.engine.max_batch_size))
         seeds = np.full(len(index), seed, dtype=np.int64)
         if diffusion:
-            chunks.append(runner.diffuse_images(seeds, index, schedule))
+            chunks.append(
+                runner.diffuse_images(seeds, index, schedule, labels=None if labels is None else labels[index])
+            )
         else:
             chunks.append(runner.sample_images(seeds, index))
     return np.concatenate(chunks)
@@ -262,18 +272,30 @@ def _cycle_metrics(evaluator: Evaluator, a2b: OnnxGraph, b2a: OnnxGraph) -> dict
     }
 
 
-def evaluate_task(folder: Path, num_samples: int | None, seed: int, evaluator: Evaluator) -> tuple[dict, np.ndarray]:
+def evaluate_task(
+    folder: Path,
+    num_samples: int | None,
+    seed: int,
+    evaluator: Evaluator,
+    steps: int | None = None,
+    guidance: float | None = None,
+) -> tuple[dict, np.ndarray]:
     """Metrics of an issue-5 model folder, and a 10x10 grid's worth of uint8 tiles (100, 28, 28):
-    samples for samplers, alternating rows of 10 inputs and their 10 outputs for translators."""
+    samples for samplers, alternating rows of 10 inputs and their 10 outputs for translators.
+    ``steps`` and ``guidance`` apply to a (class-conditional) diffusion model."""
     graph = OnnxGraph(folder)
     task = Task(graph.manifest.source["task"])
     held_out = evaluator.held_out
     if task in (Task.SAMPLE, Task.CONDITIONAL):
         n = num_samples or 100
-        feeds: dict[str, Any] = {"z": server_latents(n, graph.manifest.latent_dim, seed).numpy()}
+        feeds: dict[str, Any] = {}
         if task is Task.CONDITIONAL:
             feeds["label"] = np.arange(n, dtype=np.int64) % 10  # column j of the grid: class j
-        samples = to_uint8(graph(**feeds))
+        if graph.manifest.kind is ModelKind.DIFFUSION:
+            samples = samples_from_folder(folder, n, seed, steps, guidance, feeds.get("label"))[..., 0]
+        else:
+            feeds["z"] = server_latents(n, graph.manifest.latent_dim, seed).numpy()
+            samples = to_uint8(graph(**feeds))
         metrics: dict[str, Any] = evaluator.evaluate(samples).to_dict()
         if task is Task.CONDITIONAL:
             metrics["asked_class_fraction"], metrics["asked_class_fraction_per_class"] = class_accuracy(

@@ -20,6 +20,9 @@ class DCGANConfig:
     # Strided convs in the discriminator: 2 (to 7x7, then a 7x7 conv reads one logit; the bundled
     # model) or 3 (to 4x4, batch norm, mean-pooled and a linear logit: cgan-mnist's discriminator).
     disc_depth: int = 2
+    # Generator: 2 (z -> 7x7 -> 14x14 -> 28x28; the bundled model) or 3 (z -> 3x3 -> 7x7 -> 14x14,
+    # a 3x3 conv at 14x14, -> 28x28: cgan-mnist's generator without the label).
+    gen_depth: int = 2
 
 
 def init_weights(module: nn.Module) -> None:
@@ -35,13 +38,28 @@ class Generator(nn.Module):
         super().__init__()
         self.config = config
         f = config.gen_features
+        if config.gen_depth not in (2, 3):
+            raise ValueError(f"gen_depth must be 2 or 3, got {config.gen_depth}")
+        if config.gen_depth == 2:
+            stem = [nn.ConvTranspose2d(config.latent_dim, 2 * f, 7, 1, 0, bias=False)]  # (B, 2f, 7, 7)
+        else:
+            stem = [
+                nn.ConvTranspose2d(config.latent_dim, 2 * f, 3, 1, 0, bias=False),  # (B, 2f, 3, 3)
+                nn.BatchNorm2d(2 * f),
+                nn.ReLU(True),
+                nn.ConvTranspose2d(2 * f, 2 * f, 3, 2, 0, bias=False),  # (B, 2f, 7, 7)
+            ]
+        extra = (
+            [nn.Conv2d(f, f, 3, 1, 1, bias=False), nn.BatchNorm2d(f), nn.ReLU(True)] if config.gen_depth == 3 else []
+        )
         self.net = nn.Sequential(
-            nn.ConvTranspose2d(config.latent_dim, 2 * f, 7, 1, 0, bias=False),  # (B, 2f, 7, 7)
+            *stem,
             nn.BatchNorm2d(2 * f),
             nn.ReLU(True),
             nn.ConvTranspose2d(2 * f, f, 4, 2, 1, bias=False),  # (B, f, 14, 14)
             nn.BatchNorm2d(f),
             nn.ReLU(True),
+            *extra,
             nn.ConvTranspose2d(f, config.image_channels, 4, 2, 1),  # (B, C, 28, 28)
             nn.Tanh(),
         )

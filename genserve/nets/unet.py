@@ -20,6 +20,9 @@ class UNetConfig:
     attention: bool = True  # one self-attention block at the lowest resolution
     groups: int = 8
     dropout: float = 0.1
+    # Class-conditional (classifier-free guidance): labels 0 .. num_classes - 1, and label
+    # num_classes is the "no class" token the unconditional half of a guided step uses.
+    num_classes: int | None = None
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -74,6 +77,14 @@ class UNet(nn.Module):
         ch = config.base_channels
         emb_dim = 4 * ch
         self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if config.num_classes is not None:
+            # Added to the time embedding. The null label's row is zero, so without a class the
+            # network is the unconditional one it may be fine-tuned from (training.ddpm's
+            # init_from); the class rows start at about the time embedding's scale, so that the
+            # network sees them from the first step.
+            self.class_embed = nn.Embedding(config.num_classes + 1, emb_dim)
+            nn.init.normal_(self.class_embed.weight, 0.0, 0.3)
+            nn.init.zeros_(self.class_embed.weight[config.num_classes])
         self.conv_in = nn.Conv2d(config.image_channels, ch, 3, padding=1)
 
         block = lambda i, o: ResBlock(i, o, emb_dim, config.groups, config.dropout)  # noqa: E731
@@ -107,9 +118,21 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Predict ε from x_t (B, C, H, W) and integer timesteps t (B,)."""
+    @property
+    def null_label(self) -> int | None:
+        """The label meaning "no class" (conditional networks only)."""
+        return self.config.num_classes
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict ε from x_t (B, C, H, W), integer timesteps t (B,) and, for a class-conditional
+        network, int64 labels (B,) (``null_label`` for none)."""
         emb = self.time_embed(timestep_embedding(t, self.config.base_channels))  # (B, 4C)
+        if self.config.num_classes is not None:
+            if label is None:
+                raise ValueError("a class-conditional UNet needs a label per image (null_label for none)")
+            emb = emb + self.class_embed(label)
+        elif label is not None:
+            raise ValueError("this UNet is not class-conditional: it takes no label")
         h = self.conv_in(x)
         skips = [h]
         for layer in self.down:

@@ -17,7 +17,7 @@ def test_models_prints_one_line_per_model_starting_with_its_name(genserve, serve
     result = genserve("models", "--server", server.target)
     assert result.returncode == 0, result.stderr
     names = [line.split()[0] for line in result.stdout.splitlines() if not line.startswith(" ")]
-    assert names == ["cgan-tiny", "dcgan-tiny", "ddpm-tiny", "pix2pix-tiny", "superres-tiny"]
+    assert names == ["cgan-tiny", "dcgan-tiny", "ddpm-cond-tiny", "ddpm-tiny", "pix2pix-tiny", "superres-tiny"]
 
 
 def test_generate_to_png_writes_one_grid_image(genserve, server, tmp_path: Path):

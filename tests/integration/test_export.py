@@ -7,8 +7,9 @@ import onnx
 import pytest
 
 from genserve import manifest as mf
-from genserve.export.onnx_export import PARITY_ATOL, check_parity, servable_module
+from genserve.export.onnx_export import PARITY_ATOL, check_parity
 from genserve.nets import load_checkpoint
+from genserve.nets.graphs import servable_module
 
 TINY = ["ddpm-tiny", "dcgan-tiny"]
 

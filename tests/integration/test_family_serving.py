@@ -328,8 +328,8 @@ def test_an_unset_label_draws_a_class_per_image_from_seed_and_index(client: Gens
     [
         (CGAN, -1, "label must be in [0, 10) for model cgan-tiny, got -1"),
         (CGAN, 10, "label must be in [0, 10) for model cgan-tiny, got 10"),
-        (GAN, 0, "label applies to class-conditional samplers only; dcgan-tiny is not one"),
-        (DDPM, 0, "label applies to class-conditional samplers only; ddpm-tiny is not one"),
+        (GAN, 0, "label applies to class-conditional models only; dcgan-tiny is not one"),
+        (DDPM, 0, "label applies to class-conditional models only; ddpm-tiny is not one"),
     ],
 )
 def test_invalid_labels_are_invalid_argument_naming_the_range(client: GenserveClient, model, label, message):

@@ -1,0 +1,114 @@
+"""Classifier-free guidance sweep of a class-conditional diffusion model (``ddpm-cond-mnist``):
+for each guidance scale w, the same images (same seed, same x_T, image i asked for class i mod
+10) through the serving core in-process (``training.evaluate.evaluate_task``, ONNX Runtime),
+judged by the evaluation classifier: the fraction of samples of the asked class, the confident
+fraction, and FID in its feature space against the real-vs-real floor at the same sample count.
+The trade-off it shows is Ho & Salimans' (2022): guidance buys class fidelity with diversity.
+Writes benchmarks/results/guidance.json and a PNG next to it, and prints a markdown table.
+
+    python -m benchmarks.guidance [--guidance 0 1 2 3 5] [-n 500] [--steps 50] [--seed 2026]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks import report
+from genserve import images
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| guidance w | asked class | worst class | confident | FID | FID / floor | seconds |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        worst = min(r["asked_class_fraction_per_class"])
+        lines.append(
+            f"| {r['guidance']:g} | {100 * r['asked_class_fraction']:.1f}% | {100 * worst:.0f}% "
+            f"| {r['confident_fraction']:.3f} | {r['fid']:.1f} | {r['fid_ratio']:.2f} | {r['seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], title: str, out: Path) -> Path:
+    """Asked-class and confident fractions, and FID/floor, against w."""
+    w = [r["guidance"] for r in rows]
+    with images.saved_figure(out, 1, 2, figsize=(10, 4)) as (fig, axes):
+        axes[0].plot(w, [r["asked_class_fraction"] for r in rows], "o-", label="asked class")
+        axes[0].plot(w, [r["confident_fraction"] for r in rows], "s--", label="confident (p ≥ 0.9)")
+        axes[0].axhline(0.95, color="gray", linestyle=":", linewidth=1, label="target 0.95 (asked class)")
+        axes[0].set_ylabel("fraction of samples (higher is better)")
+        axes[1].plot(w, [r["fid_ratio"] for r in rows], "o-")
+        axes[1].axhline(1.0, color="gray", linestyle="--", linewidth=1)
+        axes[1].set_ylabel("FID / real-vs-real floor (lower is better)")
+        for ax in axes:
+            ax.set_xlabel("guidance scale w (1 = conditional model, 0 = unconditional)")
+            ax.grid(True, alpha=0.3)
+        axes[0].legend()
+        fig.suptitle(title, fontsize=10)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="ddpm-cond-mnist", help="class-conditional diffusion model folder")
+    parser.add_argument("--models", type=Path, default=ROOT / "models", help="model repository (default models/)")
+    parser.add_argument("--guidance", nargs="+", type=float, default=[0.0, 1.0, 2.0, 3.0, 5.0], metavar="W")
+    parser.add_argument("-n", "--num-samples", type=int, default=500, help="images per scale (default 500)")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM (eta 0) steps (default 50)")
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--json", type=Path, default=RESULTS / "guidance.json", help="report (PNG next to it)")
+    args = parser.parse_args(argv)
+    if not 10 <= args.num_samples <= 1000:  # the evaluator's held-out reference set has 1,000 digits
+        parser.error(f"-n must be in [10, 1000], got {args.num_samples}")
+
+    from genserve.training.evaluate import Evaluator, evaluate_task
+
+    folder = args.models / args.model
+    evaluator = Evaluator()
+    machine = report.machine()
+    rows = []
+    for i, w in enumerate(args.guidance, 1):
+        print(f"[{i}/{len(args.guidance)}] w = {w:g}: {args.num_samples} images", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        metrics, _ = evaluate_task(folder, args.num_samples, args.seed, evaluator, args.steps, w)
+        row = {"guidance": w, **metrics, "seconds": round(time.perf_counter() - start, 1)}
+        rows.append(row)
+        print(
+            f"[{i}/{len(args.guidance)}] w = {w:g}: asked class {row['asked_class_fraction']:.3f}, "
+            f"confident {row['confident_fraction']:.3f}, FID/floor {row['fid_ratio']:.2f} ({row['seconds']:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+    result = {
+        "what": "classifier-free guidance sweep: asked-class fraction, confidence and classifier-feature FID vs w",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "settings": {
+            "model": args.model,
+            "num_samples": args.num_samples,
+            "sampler": "ddim",
+            "eta": 0.0,
+            "steps": args.steps,
+            "seed": args.seed,
+            "labels": "image i asks for class i mod 10",
+            "source": "in-process ModelRunner (onnxruntime)",
+        },
+        "machine": machine,
+        "rows": rows,
+    }
+    title = f"{args.model}: {args.num_samples} samples, DDIM {args.steps} steps, seed {args.seed}"
+    report.write(result, args.json, lambda png: plot(rows, title, png), markdown_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
