@@ -12,9 +12,7 @@ Writes benchmarks/results/guidance.json and a PNG next to it, and prints a markd
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,20 +76,20 @@ def main(argv: list[str] | None = None) -> int:
     machine = report.machine()
     rows = []
     for i, w in enumerate(args.guidance, 1):
-        print(f"[{i}/{len(args.guidance)}] w = {w:g}: {args.num_samples} images", file=sys.stderr, flush=True)
+        report.progress(i, len(args.guidance), f"w = {w:g}: {args.num_samples} images")
         start = time.perf_counter()
         metrics, _ = evaluate_task(folder, args.num_samples, args.seed, evaluator, args.steps, w)
         row = {"guidance": w, **metrics, "seconds": round(time.perf_counter() - start, 1)}
         rows.append(row)
-        print(
-            f"[{i}/{len(args.guidance)}] w = {w:g}: asked class {row['asked_class_fraction']:.3f}, "
-            f"confident {row['confident_fraction']:.3f}, FID/floor {row['fid_ratio']:.2f} ({row['seconds']:.0f} s)",
-            file=sys.stderr,
-            flush=True,
+        report.progress(
+            i,
+            len(args.guidance),
+            f"w = {w:g}: asked class {row['asked_class_fraction']:.3f}, confident {row['confident_fraction']:.3f}, "
+            f"FID/floor {row['fid_ratio']:.2f} ({row['seconds']:.0f} s)",
         )
     result = {
         "what": "classifier-free guidance sweep: asked-class fraction, confidence and classifier-feature FID vs w",
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": report.created(),
         "settings": {
             "model": args.model,
             "num_samples": args.num_samples,

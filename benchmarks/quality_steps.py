@@ -16,7 +16,6 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for i, setting in enumerate(settings, 1):
-        print(f"[{i}/{len(settings)}] {setting.name}: generating {n} images", file=sys.stderr, flush=True)
+        report.progress(i, len(settings), f"{setting.name}: generating {n} images")
         start = time.perf_counter()
         samples = generate(runner, n, args.seed, setting)
         seconds = time.perf_counter() - start
@@ -179,16 +178,16 @@ def main(argv: list[str] | None = None) -> int:
             "eval_seconds": round(time.perf_counter() - start, 2),
         }
         rows.append(row)
-        print(
-            f"[{i}/{len(settings)}] {setting.name}: {seconds:.1f} s, FID/floor {row['fid_ratio']:.3f}, "
+        report.progress(
+            i,
+            len(settings),
+            f"{setting.name}: {seconds:.1f} s, FID/floor {row['fid_ratio']:.3f}, "
             f"confident {row['confident_fraction']:.3f}, {row['num_classes_present']} classes",
-            file=sys.stderr,
-            flush=True,
         )
 
     result = {
         "what": "sample quality vs sampling steps (DDPM full schedule, DDIM eta 0), classifier-feature FID",
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": report.created(),
         "settings": {
             "model": runner.name,
             "num_samples": n,

@@ -8,6 +8,7 @@ import os
 import platform
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,16 @@ def machine() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "load_average_1m_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
+
+
+def progress(i: int, total: int, message: str) -> None:
+    """``[i/total] message`` on stderr, at once (long runs show where they are)."""
+    print(f"[{i}/{total}] {message}", file=sys.stderr, flush=True)
+
+
+def created() -> str:
+    """The report's timestamp, UTC."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def write(result: dict[str, Any], path: Path, draw: Callable[[Path], Path], table: str) -> None:
