@@ -65,10 +65,21 @@ def main() -> int:
             print(name, json.dumps(results[name]), flush=True)
     finally:
         code = server.stop()
-    result = {"seed": args.seed, "n": args.n, "sigterm_exit_code": code, "models": results}
+    result = {"seed": args.seed, "n": args.n, "sigterm_exit_code": code, "models": _kept(args) | results}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0 if ok else 1
+
+
+def _kept(args: argparse.Namespace) -> dict:
+    """The rows of models not rerun this time from an earlier report with the same seed and n,
+    so that ``--models dcgan-mnist`` refreshes one row and keeps the others."""
+    if not args.json.is_file():
+        return {}
+    earlier = json.loads(args.json.read_text())
+    if (earlier.get("seed"), earlier.get("n")) != (args.seed, args.n):
+        return {}
+    return {name: row for name, row in earlier.get("models", {}).items() if name not in args.models}
 
 
 if __name__ == "__main__":
