@@ -19,11 +19,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--json", type=Path, default=RESULTS / "cold_start.json")
     args = parser.parse_args()
-    times = []
+    times, codes = [], []
     for i in range(args.runs):
         server = start_server()
         times.append(server.serving_after)
         code = server.stop()
+        codes.append(code)
         print(f"run {i + 1}/{args.runs}: SERVING after {server.serving_after:.2f} s; SIGTERM exit code {code}")
     result = {
         "what": "seconds from process spawn to health SERVING, bundled models, onnxruntime CPU",
@@ -31,6 +32,7 @@ def main() -> None:
         "runs": [round(t, 3) for t in times],
         "median_s": round(statistics.median(times), 3),
         "max_s": round(max(times), 3),
+        "sigterm_exit_codes": codes,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
