@@ -345,10 +345,8 @@ class DiffusionScheduler:
         b.seed[n : n + k] = entry.request.seed
         b.index[n : n + k] = idx
         b.step[n : n + k] = 0
-        if self._conditional:
-            labels = self.runner.labels(seeds, idx, entry.request.label)
-            for name, values in self.runner.step_conditioning(labels, entry.plan).items():
-                getattr(b, name)[n : n + k] = values
+        for name, values in self.runner.step_conditioning(seeds, idx, entry.plan, entry.request.label).items():
+            getattr(b, name)[n : n + k] = values
         self._slots.extend(_SlotRef(entry, int(i)) for i in image_indices)
 
     def _fail_running(self, exc: Exception) -> None:

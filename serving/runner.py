@@ -198,8 +198,7 @@ class ModelRunner:
             else:
                 index = np.arange(start, stop)
                 seeds = np.full(len(index), request.seed, dtype=np.int64)
-                labels = self.labels(seeds, index, request.label) if self.conditional else None
-                out.append(self._diffuse(engine, seeds, index, plan, cancelled, labels))
+                out.append(self._diffuse(engine, seeds, index, plan, cancelled, request.label))
         return np.concatenate(out)
 
     def run_images(self, parts: Sequence[Part], instance: int = 0) -> np.ndarray:
@@ -229,9 +228,9 @@ class ModelRunner:
         server without step-level scheduling runs them: the Triton peer of the benchmarks): uint8
         (B, H, W, C). ``labels`` gives a conditional model a class per image instead (evaluation)."""
         plan = self.validate(request)
-        if self.conditional and labels is None:
-            labels = self.labels(seeds, index, request.label)
-        return images.to_uint8(self._diffuse(self.engines[instance], seeds, index, plan, labels=labels))
+        return images.to_uint8(
+            self._diffuse(self.engines[instance], seeds, index, plan, label=request.label, labels=labels)
+        )
 
     def _run_once(self, engine: Engine, parts: Sequence[Part]) -> np.ndarray:
         feeds = [self._feeds(request, start, stop) for request, start, stop in parts]
@@ -282,15 +281,16 @@ class ModelRunner:
         index: np.ndarray,
         plan: DiffusionPlan,
         cancelled: threading.Event | None = None,
+        label: int | None = None,
         labels: np.ndarray | None = None,
     ) -> np.ndarray:
         """Images ``index[i]`` of seeds ``seeds[i]`` through every step of ``plan`` (a conditional
-        model: of class ``labels[i]``), float32 (B, C, H, W)."""
+        model: of class ``label``, or ``labels[i]``), float32 (B, C, H, W)."""
         shape = self.manifest.image_shape
         n = len(index)
         x = noise.gaussian(seeds, index, np.full(n, noise.INITIAL_STEP), shape)
         t = np.empty(n, dtype=np.int64)
-        conditioning = self.step_conditioning(labels, plan)
+        conditioning = self.step_conditioning(seeds, index, plan, label, labels)
         for k, (timestep, coef) in enumerate(zip(plan.timesteps, plan.coefs, strict=True)):
             _stop_if(cancelled)
             t.fill(timestep)
@@ -299,11 +299,22 @@ class ModelRunner:
             x = engine.run(feeds)["x_prev"]
         return x
 
-    def step_conditioning(self, labels: np.ndarray | None, plan: DiffusionPlan) -> dict[str, np.ndarray]:
-        """The step graph's per-slot label and guidance inputs (a conditional model; else none)."""
+    def step_conditioning(
+        self,
+        seeds: np.ndarray,
+        index: np.ndarray,
+        plan: DiffusionPlan,
+        label: int | None = None,
+        labels: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
+        """The step graph's per-slot inputs beyond x, t, coef and noise: for a conditional model the
+        class of each image (``labels``, else ``self.labels(seeds, index, label)``) and the plan's
+        guidance; none for another model."""
         if not self.conditional:
             return {}
-        return {"label": labels, "guidance": np.full(len(labels), plan.guidance, dtype=np.float32)}
+        if labels is None:
+            labels = self.labels(seeds, index, label)
+        return {"label": labels, "guidance": np.full(len(index), plan.guidance, dtype=np.float32)}
 
 
 def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
