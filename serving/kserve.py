@@ -532,6 +532,8 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
 async def _gather(submissions: list) -> np.ndarray:
     """Run the rows' submissions concurrently and stack their images in row order. On the first
     failure the other rows are cancelled, freeing their queue places and slots, and it is raised."""
+    if len(submissions) == 1:  # the common case (perf_analyzer, one row per call): no task to make
+        return await submissions[0]
     tasks = [asyncio.ensure_future(s) for s in submissions]
     try:
         results = await asyncio.gather(*tasks)
