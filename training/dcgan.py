@@ -1,5 +1,6 @@
-"""DCGAN training (Radford et al. 2016): Adam(2e-4, β1 = 0.5) and the non-saturating GAN loss, or
-another ``GANLoss`` (``--set loss=lsgan``) on the same networks."""
+"""DCGAN training (Radford et al. 2016): Adam(2e-4, β1 = 0.5), the least-squares GAN loss (Mao et
+al. 2017; ``--set loss=ns`` for the non-saturating one), and a learning rate that falls linearly to
+0 over the last steps."""
 
 from __future__ import annotations
 
@@ -25,16 +26,28 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DCGANTrainConfig:
-    net: DCGANConfig = field(default_factory=DCGANConfig)
-    loss: str = GANLoss.NON_SATURATING.value  # the bundled recipe; no gradient penalty here, so not wgan-gp
-    steps: int = 5000
+    # The bundled recipe: cgan-mnist's generator (without its label) and discriminator, LSGAN,
+    # 30,000 steps at a constant learning rate, then 6,000 with it falling linearly to 0.
+    net: DCGANConfig = field(default_factory=lambda: DCGANConfig(disc_depth=3, gen_depth=3))
+    loss: str = GANLoss.LSGAN.value  # or ns; no gradient penalty here, so not wgan-gp
+    steps: int = 36000
     batch_size: int = 64
     lr: float = 2e-4
     beta1: float = 0.5
     seed: int = 0
     checkpoint_every: int = 500
     sample_every: int = 1000
-    ema_decay: float = 0.0  # > 0: checkpoint an EMA of the generator (as cgan does); 0: the bundled recipe
+    ema_decay: float = 0.0  # > 0: checkpoint an EMA of the generator (as cgan does); 0: none (bundled)
+    # > 0: from this step on both learning rates fall linearly to 0 at ``steps`` (pix2pix's and
+    # CycleGAN's schedule); 0: constant
+    lr_decay_start: int = 30000
+
+
+def learning_rate(config: DCGANTrainConfig, step: int) -> float:
+    """Both nets' learning rate at ``step``: constant, then linear to 0 from ``lr_decay_start``."""
+    if not 0 < config.lr_decay_start < config.steps or step < config.lr_decay_start:
+        return config.lr
+    return config.lr * (config.steps - step) / (config.steps - config.lr_decay_start)
 
 
 def train_dcgan(out: Path, config: DCGANTrainConfig) -> Path:
@@ -57,6 +70,8 @@ def train_dcgan(out: Path, config: DCGANTrainConfig) -> Path:
     bar = tqdm(total=config.steps, initial=start, desc=f"dcgan-{kind.value}", unit="step", smoothing=0.05)
     batch_iter = batches(data, config.batch_size, generator_rng)
     for step in range(start, config.steps):
+        for group in (*opt_d.param_groups, *opt_g.param_groups):
+            group["lr"] = learning_rate(config, step)  # set every step: a resumed run follows the schedule too
         real = data[next(batch_iter)]  # (B, 1, 28, 28)
         z = torch.randn(len(real), config.net.latent_dim, generator=generator_rng)
         fake = gen(z)

@@ -2,10 +2,11 @@
 classifier judges as digits.
 
 The FID bounds are the foundation issue's (DDPM within 3x, DCGAN within 6x of the real-vs-real
-floor) and hold. Its confidence bar (>= 90% of samples classified with p >= 0.9) does NOT hold
-yet: the bundled models reach 0.66-0.82 depending on the seed (see README and
-benchmarks/results/quality.json). MIN_CONFIDENT is a regression guard at what they reach, not
-the target; raise it when the models improve."""
+floor) and hold. Its confidence bar (>= 90% of samples classified with p >= 0.9) holds for the
+1000-step DDPM at the README's seed (0.94); the DCGAN reaches it on average over seeds but not at every
+seed (0.84-0.96 at n = 100), and 50-step DDIM reaches 0.83-0.87 (see README and
+benchmarks/results/quality.json). ``min_confident`` and MIN_CONFIDENT are regression guards a few
+points under what the models reach, not the target; raise them when the models improve."""
 
 from pathlib import Path
 
@@ -20,8 +21,7 @@ from genserve.training.evaluate import Evaluator
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 BUNDLED = {"ddpm-mnist": ModelKind.DIFFUSION, "dcgan-mnist": ModelKind.SAMPLER}
-# Regression guard, not the target: 0.66-0.82 seen across seeds at n = 100; the issue asks 0.90.
-MIN_CONFIDENT = 0.60
+MIN_CONFIDENT = 0.85  # full 1000-step DDPM: a guard under its 0.94 at seed 2026 (the issue asks 0.90)
 
 
 @pytest.fixture(scope="module")
@@ -46,17 +46,17 @@ def test_bundled_model_folder_is_valid_and_was_evaluated(name):
 
 
 @pytest.mark.parametrize(
-    ("name", "request_kwargs", "max_fid_ratio"),
+    ("name", "request_kwargs", "max_fid_ratio", "min_confident"),
     [
-        ("dcgan-mnist", {}, 6.0),
-        ("ddpm-mnist", {"steps": 50}, 3.0),  # DDIM, eta = 0: the full 1000-step check is marked slow below
+        ("dcgan-mnist", {}, 6.0, 0.80),
+        ("ddpm-mnist", {"steps": 50}, 3.0, 0.75),  # DDIM, eta = 0: the full 1000-step check is marked slow below
     ],
 )
-def test_bundled_model_samples_are_recognisable_digits(evaluator, name, request_kwargs, max_fid_ratio):
+def test_bundled_model_samples_are_recognisable_digits(evaluator, name, request_kwargs, max_fid_ratio, min_confident):
     runner = ModelRunner(MODELS / name)
     images = runner.generate(GenerateRequest(name, 100, seed=1234, **request_kwargs))
     report = evaluator.evaluate(images[..., 0])
-    assert report.confident_fraction >= MIN_CONFIDENT, report
+    assert report.confident_fraction >= min_confident, report
     assert report.num_classes_present == 10, report
     assert report.fid_ratio <= max_fid_ratio, report
 

@@ -41,13 +41,13 @@ def test_train_writes_a_resumable_checkpoint_with_its_config(run, trained):
 
 def test_dcgan_loss_and_discriminator_are_chosen_with_set_and_recorded(run, trained, tmp_path):
     default = json.loads((trained / "checkpoints" / "dcgan-mnist" / "config.json").read_text())
-    assert default["train"]["loss"] == "ns" and default["config"]["disc_depth"] == 2  # the bundled recipe
-    assert default["config"]["gen_depth"] == 2
-    ck = tmp_path / "dcgan-lsgan"
-    depths = ("--set", "net.disc_depth=3", "--set", "net.gen_depth=3")
-    run("train", "dcgan", "--steps", "1", "--set", "loss=lsgan", *depths, "--out", str(ck))
+    assert default["train"]["loss"] == "lsgan" and default["config"]["disc_depth"] == 3  # the bundled recipe
+    assert default["config"]["gen_depth"] == 3 and default["train"]["lr_decay_start"] == 30000
+    ck = tmp_path / "dcgan-ns"
+    depths = ("--set", "net.disc_depth=2", "--set", "net.gen_depth=2")  # the first bundled model's nets
+    run("train", "dcgan", "--steps", "1", "--set", "loss=ns", *depths, "--out", str(ck))
     meta = json.loads((ck / "config.json").read_text())
-    assert meta["train"]["loss"] == "lsgan" and meta["config"]["disc_depth"] == 3 and meta["config"]["gen_depth"] == 3
+    assert meta["train"]["loss"] == "ns" and meta["config"]["disc_depth"] == 2 and meta["config"]["gen_depth"] == 2
 
 
 def test_export_then_eval_records_metrics_in_the_manifest(run, trained):
