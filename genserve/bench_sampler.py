@@ -65,9 +65,12 @@ class SamplerBenchConfig:
     warmup_steps: int = 5  # steps each loop runs untimed first (allocator, oneDNN primitives, ORT arenas)
     engine_step_calls: int = 50  # timed single engine calls for the median step time
     seed: int = 0
+    # Each loop is timed this many times, the loops interleaved (a rotated order every round), and
+    # its median kept: on a shared machine one run of each drifts by 20% and more.
+    rounds: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("batch", "steps", "threads", "warmup_steps", "engine_step_calls"):
+        for name in ("batch", "steps", "threads", "warmup_steps", "engine_step_calls", "rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -293,22 +296,36 @@ def run_sampler_benchmark(config: SamplerBenchConfig) -> dict[str, Any]:
     loops = {"diffusers": diffusers_loop, "algorithm2": algorithm2_loop, "fused": fused_loop}
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
-    seconds, sanity = {}, {}
+    rounds: dict[str, list[float]] = {name: [] for name in loops}
+    sanity = {}
     try:
         for name, loop in loops.items():
             warm, _ = _timed(lambda loop=loop: loop(config.warmup_steps))
             log.info(
-                "%s loop: %d warm-up steps in %.2f s; timing %d steps at batch %d (about %.0f s)",
+                "%s loop: %d warm-up steps in %.2f s; %d rounds of %d steps at batch %d (about %.0f s each)",
                 name,
                 config.warmup_steps,
                 warm,
+                config.rounds,
                 config.steps,
                 config.batch,
                 warm / config.warmup_steps * config.steps,
             )
-            seconds[name], samples = _timed(lambda loop=loop: loop(config.steps))
-            sanity[name] = sample_sanity(samples)
-            log.info("%s loop: %.2f s, %.3f images/s", name, seconds[name], config.batch / seconds[name])
+        for r in range(config.rounds):
+            names = list(loops)
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                seconds, samples = _timed(lambda loop=loops[name]: loop(config.steps))
+                rounds[name].append(seconds)
+                sanity[name] = sample_sanity(samples)
+                log.info(
+                    "round %d/%d, %s loop: %.2f s, %.3f images/s",
+                    r + 1,
+                    config.rounds,
+                    name,
+                    seconds,
+                    config.batch / seconds,
+                )
+        for name in loops:
             if not sanity[name]["plausible"]:
                 hint = " (expected on a strided schedule: no x̂₀ clipping)" if name == "algorithm2" else ""
                 log.warning("%s loop: implausible images%s: %s", name, hint, sanity[name])
@@ -318,7 +335,7 @@ def run_sampler_benchmark(config: SamplerBenchConfig) -> dict[str, Any]:
     finally:
         torch.set_num_threads(previous_threads)
 
-    speeds = speed_report(seconds, step_median, config.batch, config.steps)
+    speeds = speed_report({n: float(np.median(t)) for n, t in rounds.items()}, step_median, config.batch, config.steps)
     return {
         "what": "images/s of three DDPM sampling loops: same UNet weights, batch, steps and threads",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -332,6 +349,7 @@ def run_sampler_benchmark(config: SamplerBenchConfig) -> dict[str, Any]:
             "threads": config.threads,
             "warmup_steps": config.warmup_steps,
             "engine_step_calls": config.engine_step_calls,
+            "rounds": config.rounds,
             "seed": config.seed,
             "sampler": "DDPM ancestral; strided (respaced betas) when steps < num_timesteps",
             "loops": {
@@ -350,6 +368,7 @@ def run_sampler_benchmark(config: SamplerBenchConfig) -> dict[str, Any]:
         },
         "versions": _versions(),
         **speeds,
+        "seconds_by_round": rounds,  # "seconds" holds their medians
         "engine_step_seconds_all": step_times,
         "sanity": sanity,
         "all_plausible": all(s["plausible"] for s in sanity.values()),

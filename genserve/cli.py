@@ -420,7 +420,7 @@ def _bench_sampler(args: argparse.Namespace) -> int:
     folder = (args.models or DEFAULT_MODELS) / args.model
     try:
         threads = {"threads": args.threads} if args.threads else {}  # default: os.cpu_count()
-        config = SamplerBenchConfig(folder, batch=args.batch, steps=args.steps, **threads)
+        config = SamplerBenchConfig(folder, batch=args.batch, steps=args.steps, rounds=args.rounds, **threads)
         report = run_sampler_benchmark(config)
     except ValueError as exc:
         log.error("%s", exc)
@@ -619,6 +619,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--threads", type=int, metavar="N", help="torch and onnxruntime intra-op threads (default: os.cpu_count())"
+    )
+    p.add_argument(
+        "--rounds", type=int, default=3, metavar="R", help="interleaved timings of each loop; medians kept (default 3)"
     )
     p.add_argument(
         "--json",
