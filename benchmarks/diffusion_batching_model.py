@@ -101,7 +101,10 @@ def compare(cost, capacities: dict[str, float], load: float, requests: int, seed
     row = {"load": load, "offered_rps": round(rate, 3)}
     for join in JoinPolicy:
         latency = simulate(cost, join, requests, seed, rate)[requests // 10 :]  # drop the warm-up
-        row[join.value] = {"mean_s": round(float(latency.mean()), 4), "p99_s": round(float(np.percentile(latency, 99)), 4)}
+        row[join.value] = {
+            "mean_s": round(float(latency.mean()), 4),
+            "p99_s": round(float(np.percentile(latency, 99)), 4),
+        }
     row["mean_ratio"] = round(row["step"]["mean_s"] / row["request"]["mean_s"], 3)
     row["p99_ratio"] = round(row["step"]["p99_s"] / row["request"]["p99_s"], 3)
     return row
@@ -132,7 +135,9 @@ def main() -> None:
         f"clock), 1 image per request, DDIM {list(STEPS)} steps in turn, {MAX_SLOTS} slots, Poisson arrivals",
         "created": report.created(),
         "command": "python -m benchmarks.diffusion_batching_model",
-        "curves_ms_per_step": {name: {b: round(s * 1e3, 3) for b, s in sorted(curve.items())} for name, curve in curves.items()},
+        "curves_ms_per_step": {
+            name: {b: round(s * 1e3, 3) for b, s in sorted(curve.items())} for name, curve in curves.items()
+        },
         "flat_curve": f"hypothetical: c(b) = c(1) * (1 + {FLAT_SLOPE} * (b - 1)); not a measurement",
         "requests_per_run": args.requests,
         "capacity_rps": capacities,
