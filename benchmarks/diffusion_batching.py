@@ -1,6 +1,6 @@
 """Step-level against request-level batching of diffusion requests, measured in one run.
 
-    python -m benchmarks.diffusion_batching     # ~3 min; writes results/diffusion_batching.json and .png
+    python -m benchmarks.diffusion_batching     # ~6 min; writes results/diffusion_batching.json and .png
 
 Two servers on the bundled ``ddpm-mnist``, identical but for ``--diffusion-batching step|request``.
 Requests: one image each, DDIM (eta 0) with 20, 50 and 100 steps in turn. Capacity is the lower of
@@ -59,7 +59,9 @@ def engine_scaling(batch_sizes=(1, 2, 4, 8, 16), calls: int = 20) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=40.0, help="seconds of open-loop load per server")
+    # 120 s: ~360 requests per server. At 40 s (~130) the p99 is the second-slowest request and
+    # the ratios swung from 0.79x to 1.30x between runs.
+    parser.add_argument("--duration", type=float, default=120.0, help="seconds of open-loop load per server")
     parser.add_argument("--load", type=float, default=0.7, help="offered load as a fraction of capacity")
     parser.add_argument("--json", type=Path, default=RESULTS / "diffusion_batching.json")
     args = parser.parse_args()
