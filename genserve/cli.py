@@ -154,7 +154,14 @@ def _eval(args: argparse.Namespace) -> int:
     samples = samples.reshape(len(samples), 28, 28)
     log.info("evaluating %d samples of %s (%s)", len(samples), name, source)
     report = Evaluator().evaluate(samples)
-    print(json.dumps({"model": name, **report.to_dict()}, indent=2))
+    spread = {}
+    if args.spread:
+        from genserve.training.evaluate import confidence_spread
+
+        log.info("confident fraction at seeds 1..%d, %d samples each", args.spread, args.num_images)
+        seeds = range(1, args.spread + 1)
+        spread = {"spread": confidence_spread(Evaluator(), folder, args.num_images, seeds, args.steps)}
+    print(json.dumps({"model": name, **report.to_dict(), **spread}, indent=2))
     if args.grid:
         from genserve import images
 
@@ -479,6 +486,13 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--images", type=Path, help="judge a uint8 .npy of (N, 28, 28) images instead of sampling")
     p.add_argument("--grid", type=Path, help="also write the first 100 samples as a PNG grid")
     p.add_argument("--update-manifest", action="store_true", help="record the metrics in the model's manifest")
+    p.add_argument(
+        "--spread",
+        type=int,
+        default=0,
+        metavar="K",
+        help="DDPM/DCGAN in-process: also the confident fraction of -n samples at each of seeds 1..K",
+    )
     p.set_defaults(func=_eval)
 
     from genserve.schedule import Sampler

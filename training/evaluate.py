@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,28 @@ def samples_from_folder(
         else:
             chunks.append(runner.sample_images(seeds, index))
     return np.concatenate(chunks)
+
+
+def confidence_spread(
+    evaluator: Evaluator, folder: Path, n: int, seeds: Sequence[int], steps: int | None = None
+) -> dict:
+    """The confident fraction of ``n`` samples at each of ``seeds``: how much a 100-sample verdict
+    (the issue's "≥ 90% of 100 samples") depends on the seed it happened to use."""
+    by_seed = []
+    for seed in seeds:
+        _, probs = evaluator.features_and_probs(samples_from_folder(folder, n, seed, steps)[..., 0])
+        by_seed.append(round(float((probs.max(1) >= CONFIDENCE).mean()), 4))
+    values = np.array(by_seed)
+    return {
+        "num_samples_per_seed": n,
+        "seeds": list(seeds),
+        "confident_by_seed": by_seed,
+        "mean": round(float(values.mean()), 4),
+        "median": round(float(np.median(values)), 4),
+        "min": float(values.min()),
+        "max": float(values.max()),
+        f"seeds_at_or_above_{CONFIDENCE}": int((values >= CONFIDENCE).sum()),
+    }
 
 
 def record_metrics(folder: Path, report: QualityReport | dict, settings: dict) -> None:
