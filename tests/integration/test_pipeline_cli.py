@@ -65,6 +65,19 @@ def test_export_then_eval_records_metrics_in_the_manifest(run, trained):
     assert (trained / "grid.png").is_file()
 
 
+def test_eval_spread_reports_the_confident_fraction_at_each_seed(run, trained):
+    models = trained / "models"
+    run("export", "dcgan", "--checkpoints", str(trained / "checkpoints"), "--models", str(models))
+    report = json.loads(run("eval", str(models / "dcgan-mnist"), "-n", "10", "--spread", "3").stdout)
+    spread = report["spread"]
+    assert spread["seeds"] == [1, 2, 3] and spread["num_samples_per_seed"] == 10
+    by_seed = spread["confident_by_seed"]
+    assert len(by_seed) == 3 and all(0.0 <= c <= 1.0 for c in by_seed)
+    assert spread["mean"] == pytest.approx(sum(by_seed) / 3, abs=1e-4)
+    assert spread["min"] == min(by_seed) and spread["max"] == max(by_seed)
+    assert spread["seeds_at_or_above_0.9"] == sum(c >= 0.9 for c in by_seed)
+
+
 def test_eval_of_an_unknown_model_fails_with_the_reason(genserve, trained):
     proc = genserve("eval", "no-such-model", "--models", str(trained))
     assert proc.returncode != 0
