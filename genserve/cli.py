@@ -138,7 +138,11 @@ def _eval(args: argparse.Namespace) -> int:
 
     folder = args.model if args.model.is_dir() else (args.models or DEFAULT_MODELS) / str(args.model)
     name = folder.name
-    if not (args.images or args.server) and _task_of(folder):
+    task = None if (args.images or args.server) else _task_of(folder)  # --images needs no model folder
+    if args.spread and (args.images or args.server or task):
+        log.error("--spread samples ddpm-mnist or dcgan-mnist in-process; not with --images, --server or %s", name)
+        return 2
+    if task:
         return _eval_task(args, folder)
     args.num_images = args.num_images or 100
     if args.images:
@@ -153,14 +157,15 @@ def _eval(args: argparse.Namespace) -> int:
         samples, source = samples_from_folder(folder, args.num_images, args.seed, args.steps), "in-process onnxruntime"
     samples = samples.reshape(len(samples), 28, 28)
     log.info("evaluating %d samples of %s (%s)", len(samples), name, source)
-    report = Evaluator().evaluate(samples)
+    evaluator = Evaluator()
+    report = evaluator.evaluate(samples)
     spread = {}
     if args.spread:
         from genserve.training.evaluate import confidence_spread
 
         log.info("confident fraction at seeds 1..%d, %d samples each", args.spread, args.num_images)
         seeds = range(1, args.spread + 1)
-        spread = {"spread": confidence_spread(Evaluator(), folder, args.num_images, seeds, args.steps)}
+        spread = {"spread": confidence_spread(evaluator, folder, args.num_images, seeds, args.steps)}
     print(json.dumps({"model": name, **report.to_dict(), **spread}, indent=2))
     if args.grid:
         from genserve import images

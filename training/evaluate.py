@@ -96,12 +96,17 @@ class Evaluator:
             fid=round(fid_mean, 3),
             fid_floor=round(floor_mean, 3),
             fid_ratio=round(fid_mean / floor_mean, 3),
-            confident_fraction=round(float((probs.max(1) >= CONFIDENCE).mean()), 4),
+            confident_fraction=confident_fraction(probs),
             class_histogram=hist.tolist(),
             num_classes_present=int((hist > 0).sum()),
             classifier_accuracy=self.classifier_accuracy,
             draws=draws,
         )
+
+
+def confident_fraction(probs: np.ndarray) -> float:
+    """The fraction of samples the classifier assigns to one class with p >= CONFIDENCE."""
+    return round(float((probs.max(1) >= CONFIDENCE).mean()), 4)
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -164,7 +169,7 @@ def confidence_spread(
     by_seed = []
     for seed in seeds:
         _, probs = evaluator.features_and_probs(samples_from_folder(folder, n, seed, steps)[..., 0])
-        by_seed.append(round(float((probs.max(1) >= CONFIDENCE).mean()), 4))
+        by_seed.append(confident_fraction(probs))
     values = np.array(by_seed)
     return {
         "num_samples_per_seed": n,

@@ -78,6 +78,12 @@ def test_eval_spread_reports_the_confident_fraction_at_each_seed(run, trained):
     assert spread["seeds_at_or_above_0.9"] == sum(c >= 0.9 for c in by_seed)
 
 
+def test_eval_spread_is_refused_where_it_would_not_sample_the_folder(genserve, tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((10, 28, 28), np.uint8))
+    proc = genserve("eval", "dcgan-mnist", "--images", str(tmp_path / "x.npy"), "--spread", "3")
+    assert proc.returncode == 2 and "--spread" in proc.stderr
+
+
 def test_eval_of_an_unknown_model_fails_with_the_reason(genserve, trained):
     proc = genserve("eval", "no-such-model", "--models", str(trained))
     assert proc.returncode != 0
