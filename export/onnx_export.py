@@ -234,7 +234,7 @@ def export_model_folder(
         signature=signature,
         image_shape=image_shape,
         max_batch_size=max_batch_size,
-        description=servable.description if servable else _DESCRIPTIONS.get(meta["family"], ""),
+        description=servable.description if servable else _description(meta["family"], cfg),
         dataset=_DATASETS.get(servable.task if servable else "", _DATASETS[""]),
         latent_dim=cfg.get("latent_dim") if kind is ModelKind.SAMPLER else None,
         num_classes=cfg.get("num_classes") if kind in (ModelKind.SAMPLER, ModelKind.DIFFUSION) else None,
@@ -323,6 +323,14 @@ _DATASETS = {
     "mnist2digits": "unpaired: MNIST train split (A) and scikit-learn load_digits, 1,442-image train split (B)",
     "digits2mnist": "unpaired: MNIST train split (A) and scikit-learn load_digits, 1,442-image train split (B)",
 }
+
+
+def _description(family: str, cfg: dict) -> str:
+    text = _DESCRIPTIONS.get(family, "")
+    if cfg.get("categorical_code"):
+        text += f" with an InfoGAN categorical code of {cfg['categorical_code']} values (Chen et al. 2016)"
+    return text
+
 
 _DESCRIPTIONS = {
     "unet": "DDPM (Ho et al. 2020) epsilon-prediction UNet; served as one fused denoising step",

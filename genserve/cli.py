@@ -129,6 +129,9 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+IN_PROCESS = "in-process onnxruntime"
+
+
 def _eval(args: argparse.Namespace) -> int:
     import json
 
@@ -154,18 +157,23 @@ def _eval(args: argparse.Namespace) -> int:
             samples = client.generate(name, args.num_images, seed=args.seed, steps=args.steps)
         source = f"server {args.server}"
     else:
-        samples, source = samples_from_folder(folder, args.num_images, args.seed, args.steps), "in-process onnxruntime"
+        samples, source = samples_from_folder(folder, args.num_images, args.seed, args.steps), IN_PROCESS
     samples = samples.reshape(len(samples), 28, 28)
     log.info("evaluating %d samples of %s (%s)", len(samples), name, source)
     evaluator = Evaluator()
     report = evaluator.evaluate(samples)
     spread = {}
+    if source == IN_PROCESS:  # the latents are known: an InfoGAN code's classes can be reported
+        from genserve.training.evaluate import code_classes
+
+        codes = code_classes(folder, evaluator.features_and_probs(samples)[1], args.seed)
+        spread = {"codes": codes} if codes else {}
     if args.spread:
         from genserve.training.evaluate import confidence_spread
 
         log.info("confident fraction at seeds 1..%d, %d samples each", args.spread, args.num_images)
         seeds = range(1, args.spread + 1)
-        spread = {"spread": confidence_spread(evaluator, folder, args.num_images, seeds, args.steps)}
+        spread["spread"] = confidence_spread(evaluator, folder, args.num_images, seeds, args.steps)
     print(json.dumps({"model": name, **report.to_dict(), **spread}, indent=2))
     if args.grid:
         from genserve import images
@@ -197,7 +205,7 @@ def _eval_task(args: argparse.Namespace, folder: Path) -> int:
     if args.grid:
         images.save_grid(tiles, args.grid, nrow=10)
     if args.update_manifest:
-        settings = {"num_images": args.num_images, "seed": args.seed, "source": "in-process onnxruntime"}
+        settings = {"num_images": args.num_images, "seed": args.seed, "source": IN_PROCESS}
         settings.update({k: v for k, v in (("steps", args.steps), ("guidance", args.guidance)) if v is not None})
         record_metrics(folder, metrics, settings)
         log.info("recorded the metrics in %s/manifest.json", folder)

@@ -1,6 +1,8 @@
 """DCGAN training (Radford et al. 2016): Adam(2e-4, β1 = 0.5), the least-squares GAN loss (Mao et
-al. 2017; ``--set loss=ns`` for the non-saturating one), and a learning rate that falls linearly to
-0 over the last steps."""
+al. 2017; ``--set loss=ns`` for the non-saturating one), a learning rate that falls linearly to 0
+over the last steps, and an InfoGAN categorical code (Chen et al. 2016; ``--set
+net.categorical_code=0`` for none): the discriminator's code head learns to read the code from
+generated images and the generator to make it readable, which makes each code value a digit."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from tqdm import tqdm
 
 from genserve import images, noise
 from genserve.nets import save_checkpoint
-from genserve.nets.dcgan import DCGANConfig, Discriminator, Generator
+from genserve.nets.dcgan import DCGANConfig, Discriminator, Generator, code_one_hot
 from genserve.training.data import batches, mnist_splits, to_model_range
 from genserve.training.gan_losses import GANLoss, discriminator_loss, generator_loss
 from genserve.training.loop import EMA, load_state, save_state, seed_everything
@@ -26,11 +28,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DCGANTrainConfig:
-    # The bundled recipe: cgan-mnist's generator (without its label) and discriminator, LSGAN,
-    # 30,000 steps at a constant learning rate, then 6,000 with it falling linearly to 0.
-    net: DCGANConfig = field(default_factory=lambda: DCGANConfig(disc_depth=3, gen_depth=3))
+    # The bundled recipe: cgan-mnist's generator (without its label) and discriminator, LSGAN, an
+    # InfoGAN code of 10 values, 18,000 steps at a constant learning rate, then 6,000 with it
+    # falling linearly to 0.
+    net: DCGANConfig = field(default_factory=lambda: DCGANConfig(disc_depth=3, gen_depth=3, categorical_code=10))
     loss: str = GANLoss.LSGAN.value  # or ns; no gradient penalty here, so not wgan-gp
-    steps: int = 36000
+    steps: int = 24000
     batch_size: int = 64
     lr: float = 2e-4
     beta1: float = 0.5
@@ -40,7 +43,10 @@ class DCGANTrainConfig:
     ema_decay: float = 0.0  # > 0: checkpoint an EMA of the generator (as cgan does); 0: none (bundled)
     # > 0: from this step on both learning rates fall linearly to 0 at ``steps`` (pix2pix's and
     # CycleGAN's schedule); 0: constant
-    lr_decay_start: int = 30000
+    lr_decay_start: int = 18000
+    # weight of the InfoGAN code loss (cross-entropy of the code head on generated images) in both
+    # nets' losses; used only when net.categorical_code > 0
+    code_weight: float = 1.0
 
 
 def learning_rate(config: DCGANTrainConfig, step: int) -> float:
@@ -69,18 +75,23 @@ def train_dcgan(out: Path, config: DCGANTrainConfig) -> Path:
     t0 = time.time()
     bar = tqdm(total=config.steps, initial=start, desc=f"dcgan-{kind.value}", unit="step", smoothing=0.05)
     batch_iter = batches(data, config.batch_size, generator_rng)
+    k = config.net.categorical_code
+    stats: dict[str, str] = {}  # the code head's accuracy on generated images, when there is one
     for step in range(start, config.steps):
         for group in (*opt_d.param_groups, *opt_g.param_groups):
             group["lr"] = learning_rate(config, step)  # set every step: a resumed run follows the schedule too
         real = data[next(batch_iter)]  # (B, 1, 28, 28)
         z = torch.randn(len(real), config.net.latent_dim, generator=generator_rng)
         fake = gen(z)
-        loss_d = discriminator_loss(kind, disc(real), disc(fake.detach()))
+        code = code_one_hot(z, k).argmax(dim=1) if k else None  # (B,) InfoGAN categories
+        fake_logits, code_loss = _judge(disc, fake.detach(), code, config, stats)
+        loss_d = discriminator_loss(kind, disc(real), fake_logits) + code_loss
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
 
-        loss_g = generator_loss(kind, disc(fake))
+        fake_logits, code_loss = _judge(disc, fake, code, config, stats)
+        loss_g = generator_loss(kind, fake_logits) + code_loss
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
@@ -88,7 +99,7 @@ def train_dcgan(out: Path, config: DCGANTrainConfig) -> Path:
             ema.update(gen, step)
 
         bar.update(1)
-        bar.set_postfix(loss_d=f"{loss_d.item():.3f}", loss_g=f"{loss_g.item():.3f}")
+        bar.set_postfix(loss_d=f"{loss_d.item():.3f}", loss_g=f"{loss_g.item():.3f}", **stats)
         done = step + 1
         if done % config.checkpoint_every == 0 or done == config.steps:
             extra = {
@@ -104,11 +115,30 @@ def train_dcgan(out: Path, config: DCGANTrainConfig) -> Path:
     return out
 
 
+def _judge(
+    disc: Discriminator, fake: torch.Tensor, code: torch.Tensor | None, config: DCGANTrainConfig, stats: dict
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The discriminator's logits on generated images, and the weighted InfoGAN code loss from the
+    same pass (the code head's cross-entropy against the code each image was drawn with; 0 without
+    a code). Both nets add it to their loss: the generator so its images carry their code, the
+    head so it reads it."""
+    if code is None:
+        return disc(fake), torch.zeros(())
+    logits, code_logits = disc.forward_with_code(fake)
+    stats["code_acc"] = f"{(code_logits.argmax(1) == code).float().mean().item():.2f}"
+    return logits, config.code_weight * torch.nn.functional.cross_entropy(code_logits, code)
+
+
 @torch.no_grad()
 def _sample_grid(out: Path, gen: Generator, latent_dim: int, step: int) -> None:
     training = gen.training
     gen.eval()
-    z = noise.gaussian(np.zeros(64), np.arange(64), np.zeros(64), (latent_dim,))  # the server's latents for seed 0
+    k = gen.config.categorical_code
+    n = 8 * k if k else 64
+    z = noise.gaussian(np.zeros(n), np.arange(n), np.zeros(n), (latent_dim,))  # the server's latents for seed 0
+    if k:  # one row per code: raise coordinate r of row r above the others
+        rows = np.arange(n) // 8
+        z[np.arange(n), rows] = z[:, :k].max(axis=1) + 1.0
     x = gen(torch.from_numpy(z)).numpy()
     images.save_grid(images.to_uint8(x), out / "samples" / f"step{step:06d}.png", nrow=8)
     gen.train(training)

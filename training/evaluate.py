@@ -161,6 +161,39 @@ def samples_from_folder(
     return np.concatenate(chunks)
 
 
+def code_classes(folder: Path, probs: np.ndarray, seed: int) -> list[dict] | None:
+    """For a DCGAN with an InfoGAN categorical code, sampled as ``samples_from_folder(folder, n,
+    seed)`` (``probs`` (n, 10) are the classifier's on those samples): per code value, how many
+    samples drew it, the class most of them were given, that class's share ("purity") and the
+    confident fraction. None for a model without a code."""
+    import json
+
+    from genserve import manifest as mf
+    from genserve import noise
+
+    config = json.loads((folder / mf.WEIGHTS_DIR / "config.json").read_text())["config"]
+    k = config.get("categorical_code", 0)
+    if not k:
+        return None
+    n = len(probs)
+    z = noise.gaussian(np.full(n, seed), np.arange(n), np.full(n, noise.INITIAL_STEP), (config["latent_dim"],))
+    codes, classes = z[:, :k].argmax(1), probs.argmax(1)
+    report = []
+    for code in range(k):
+        drew = codes == code
+        hist = np.bincount(classes[drew], minlength=probs.shape[1])
+        report.append(
+            {
+                "code": code,
+                "samples": int(drew.sum()),
+                "top_class": int(hist.argmax()),
+                "purity": round(float(hist.max() / max(1, drew.sum())), 3),
+                "confident": confident_fraction(probs[drew]) if drew.any() else None,
+            }
+        )
+    return report
+
+
 def confidence_spread(
     evaluator: Evaluator, folder: Path, n: int, seeds: Sequence[int], steps: int | None = None
 ) -> dict:

@@ -23,6 +23,11 @@ class DCGANConfig:
     # Generator: 2 (z -> 7x7 -> 14x14 -> 28x28; the bundled model) or 3 (z -> 3x3 -> 7x7 -> 14x14,
     # a 3x3 conv at 14x14, -> 28x28: cgan-mnist's generator without the label).
     gen_depth: int = 2
+    # k > 0: an InfoGAN categorical code (Chen et al. 2016). The code is the argmax of the first k
+    # latent coordinates, so it is uniform over k categories and drawn from the same Gaussian
+    # latents the server sends; the generator reads it one-hot in place of those coordinates, and
+    # the discriminator gets a head that predicts it from the image. 0: plain DCGAN.
+    categorical_code: int = 0
 
 
 def init_weights(module: nn.Module) -> None:
@@ -67,7 +72,16 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Latents (B, latent_dim) -> images (B, C, 28, 28) in [-1, 1]."""
+        k = self.config.categorical_code
+        if k:
+            z = torch.cat([code_one_hot(z, k), z[:, k:]], dim=1)
         return self.net(z[:, :, None, None])
+
+
+def code_one_hot(z: torch.Tensor, k: int) -> torch.Tensor:
+    """The categorical code of latents (B, latent_dim) as one-hot rows (B, k): argmax of z[:, :k]."""
+    head = z[:, :k]
+    return (head == head.amax(dim=1, keepdim=True)).to(z.dtype)
 
 
 class Discriminator(nn.Module):
@@ -94,8 +108,23 @@ class Discriminator(nn.Module):
                 nn.Flatten(),
                 nn.Linear(4 * f, 1),  # (B, 1)
             ]
-        self.net = nn.Sequential(*layers)
+        self.code_head = None
+        if config.categorical_code:
+            if config.disc_depth != 3:
+                raise ValueError("categorical_code needs disc_depth 3 (its head reads the pooled features)")
+            self.net, self.logit = nn.Sequential(*layers[:-1]), layers[-1]  # body, then (B, 4f) -> (B, 1)
+            k = config.categorical_code
+            self.code_head = nn.Sequential(nn.Linear(4 * f, 4 * f), nn.LeakyReLU(0.2, True), nn.Linear(4 * f, k))
+        else:
+            self.net, self.logit = nn.Sequential(*layers), nn.Identity()
         self.apply(init_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).flatten()  # (B,) logits
+        return self.logit(self.net(x)).flatten()  # (B,) logits
+
+    def forward_with_code(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Real/fake logits (B,) and the categorical code's logits (B, k), from one pass."""
+        if self.code_head is None:
+            raise ValueError("this discriminator has no code head (categorical_code = 0)")
+        h = self.net(x)
+        return self.logit(h).flatten(), self.code_head(h)

@@ -42,12 +42,24 @@ def test_train_writes_a_resumable_checkpoint_with_its_config(run, trained):
 def test_dcgan_loss_and_discriminator_are_chosen_with_set_and_recorded(run, trained, tmp_path):
     default = json.loads((trained / "checkpoints" / "dcgan-mnist" / "config.json").read_text())
     assert default["train"]["loss"] == "lsgan" and default["config"]["disc_depth"] == 3  # the bundled recipe
-    assert default["config"]["gen_depth"] == 3 and default["train"]["lr_decay_start"] == 30000
+    assert default["config"]["gen_depth"] == 3 and default["train"]["lr_decay_start"] == 18000
+    assert default["config"]["categorical_code"] == 10
     ck = tmp_path / "dcgan-ns"
-    depths = ("--set", "net.disc_depth=2", "--set", "net.gen_depth=2")  # the first bundled model's nets
+    # the first bundled model's nets, which had no code (its head needs the deeper discriminator)
+    depths = ("--set", "net.disc_depth=2", "--set", "net.gen_depth=2", "--set", "net.categorical_code=0")
     run("train", "dcgan", "--steps", "1", "--set", "loss=ns", *depths, "--out", str(ck))
     meta = json.loads((ck / "config.json").read_text())
     assert meta["train"]["loss"] == "ns" and meta["config"]["disc_depth"] == 2 and meta["config"]["gen_depth"] == 2
+
+
+def test_dcgan_trains_its_infogan_code_and_shows_one_row_per_value(run, trained):
+    ck = trained / "checkpoints" / "dcgan-mnist"
+    meta = json.loads((ck / "config.json").read_text())
+    assert meta["config"]["categorical_code"] == 10 and meta["train"]["code_weight"] == 1.0
+    from PIL import Image
+
+    grid = Image.open(ck / "samples" / "step000002.png")
+    assert grid.height > grid.width  # 10 rows (one per code value) of 8 samples
 
 
 def test_export_then_eval_records_metrics_in_the_manifest(run, trained):
@@ -59,6 +71,9 @@ def test_export_then_eval_records_metrics_in_the_manifest(run, trained):
     report = json.loads(out.stdout)
     assert report["model"] == "dcgan-mnist" and report["num_samples"] == 20
     assert report["fid"] > 0 and report["fid_floor"] > 0 and len(report["class_histogram"]) == 10
+    codes = report["codes"]  # the default recipe's InfoGAN code: what each of its 10 values drew
+    assert [c["code"] for c in codes] == list(range(10)) and sum(c["samples"] for c in codes) == 20
+    assert all(0 <= c["top_class"] <= 9 for c in codes if c["samples"])
     metrics = mf.Manifest.load(folder).metrics
     assert metrics["fid"] == report["fid"]
     assert metrics["onnx_sha256"] == mf.sha256(folder / mf.ONNX_FILE)
