@@ -3,8 +3,8 @@ classifier judges as digits.
 
 The FID bounds are the foundation issue's (DDPM within 3x, DCGAN within 6x of the real-vs-real
 floor) and hold. Its confidence bar (>= 90% of samples classified with p >= 0.9) holds for the
-1000-step DDPM at the README's seed (0.94); the DCGAN reaches it on average over seeds but not at every
-seed (0.84-0.96 at n = 100), and 50-step DDIM reaches 0.83-0.87 (see README and
+1000-step DDPM at the README's seed (0.94) and for the DCGAN at every seed tried (0.93-1.00 at
+n = 100, seeds 1-20); 50-step DDIM reaches 0.83-0.87 (see README and
 benchmarks/results/quality.json). ``min_confident`` and MIN_CONFIDENT are regression guards a few
 points under what the models reach, not the target; raise them when the models improve."""
 
@@ -48,7 +48,7 @@ def test_bundled_model_folder_is_valid_and_was_evaluated(name):
 @pytest.mark.parametrize(
     ("name", "request_kwargs", "max_fid_ratio", "min_confident"),
     [
-        ("dcgan-mnist", {}, 6.0, 0.80),
+        ("dcgan-mnist", {}, 6.0, 0.90),  # the issue's bar: the DCGAN clears it at every seed tried
         ("ddpm-mnist", {"steps": 50}, 3.0, 0.75),  # DDIM, eta = 0: the full 1000-step check is marked slow below
     ],
 )
