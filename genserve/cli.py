@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -661,6 +662,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a writer that SIGPIPE ended
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -674,6 +678,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ManifestError, FileNotFoundError) as exc:  # a missing or broken model/checkpoint folder
         log.error("%s", exc)
         return 1
+    except BrokenPipeError:  # the reader left early (`genserve models | head -1`): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit-time flush must not fail too
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tests.integration.conftest import GENSERVE
+
 
 def generate(genserve, server, out: Path, *args: str) -> subprocess.CompletedProcess:
     return genserve("generate", "--server", server.target, "--out", str(out), *args)
@@ -68,3 +70,14 @@ def test_models_without_a_server_prints_unavailable_and_fails(genserve):
     result = genserve("models", "--server", "127.0.0.1:1", "--timeout", "5")
     assert result.returncode == 1
     assert result.stderr.startswith("UNAVAILABLE: ")
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(server):
+    """`genserve models | head -1`: the pipe's reader is gone before the command writes."""
+    proc = subprocess.Popen(
+        [str(GENSERVE), "models", "--server", server.target], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    proc.stdout.close()  # before the command has even imported: its first write meets a closed pipe
+    _, stderr = proc.communicate(timeout=60)
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+    assert proc.returncode == 128 + 13  # as a shell reports a writer ended by SIGPIPE
