@@ -42,7 +42,13 @@ def _train(args: argparse.Namespace) -> int:
             cfg.epochs = args.steps
         train_classifier(out, cfg)
     else:
-        _train_family(args, out)
+        from genserve.training.loop import ConfigMismatch
+
+        try:
+            _train_family(args, out)
+        except ConfigMismatch as exc:
+            log.error("%s", exc)
+            return 2
     return 0
 
 
@@ -163,19 +169,19 @@ def _eval(args: argparse.Namespace) -> int:
     log.info("evaluating %d samples of %s (%s)", len(samples), name, source)
     evaluator = Evaluator()
     report = evaluator.evaluate(samples)
-    spread = {}
+    extra = {}  # per-code classes of an InfoGAN code, confidence at other seeds
     if source == IN_PROCESS:  # the latents are known: an InfoGAN code's classes can be reported
         from genserve.training.evaluate import code_classes
 
         codes = code_classes(folder, evaluator.features_and_probs(samples)[1], args.seed)
-        spread = {"codes": codes} if codes else {}
+        extra = {"codes": codes} if codes else {}
     if args.spread:
         from genserve.training.evaluate import confidence_spread
 
         log.info("confident fraction at seeds 1..%d, %d samples each", args.spread, args.num_images)
         seeds = range(1, args.spread + 1)
-        spread["spread"] = confidence_spread(evaluator, folder, args.num_images, seeds, args.steps)
-    print(json.dumps({"model": name, **report.to_dict(), **spread}, indent=2))
+        extra["spread"] = confidence_spread(evaluator, folder, args.num_images, seeds, args.steps)
+    print(json.dumps({"model": name, **report.to_dict(), **extra}, indent=2))
     if args.grid:
         from genserve import images
 

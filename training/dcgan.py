@@ -21,7 +21,7 @@ from genserve.nets import save_checkpoint
 from genserve.nets.dcgan import DCGANConfig, Discriminator, Generator, code_one_hot
 from genserve.training.data import batches, mnist_splits, to_model_range
 from genserve.training.gan_losses import GANLoss, discriminator_loss, generator_loss
-from genserve.training.loop import EMA, load_state, save_state, seed_everything
+from genserve.training.loop import EMA, check_resumable, load_state, save_state, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ def train_dcgan(out: Path, config: DCGANTrainConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     ema = EMA(gen, config.ema_decay) if config.ema_decay > 0 else None
     state = {"gen": gen, "disc": disc, "opt_g": opt_g, "opt_d": opt_d, **({"ema": ema.model} if ema else {})}
+    check_resumable(out, "dcgan_generator", config.net)
     start = load_state(out, generator_rng, **state)
     served = ema.model if ema else gen  # what checkpoints and grids show
 

@@ -4,6 +4,8 @@ step loop with checkpoints (``run_steps``)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import logging
 import random
 import time
@@ -55,6 +57,30 @@ def save_state(folder: Path, step: int, generator: torch.Generator, **objects) -
     tmp = folder / (STATE_FILE + ".tmp")
     torch.save(state, tmp)
     tmp.replace(folder / STATE_FILE)
+
+
+class ConfigMismatch(ValueError):
+    """A checkpoint folder holds a run of other networks than the ones asked for."""
+
+
+def check_resumable(folder: Path, family: str, net_config) -> None:
+    """Raise ConfigMismatch, naming each differing setting, if ``folder`` holds a resumable run whose
+    networks were built from another config than ``net_config`` (loading its state would fail on
+    parameter names, or worse, succeed on a different architecture)."""
+    from genserve.nets import config_from_dict
+
+    meta_path = folder / "config.json"
+    if not (folder / STATE_FILE).exists() or not meta_path.exists():
+        return
+    saved = dataclasses.asdict(config_from_dict(family, json.loads(meta_path.read_text())["config"]))
+    asked = dataclasses.asdict(net_config)
+    differ = {key: (saved[key], value) for key, value in asked.items() if saved.get(key) != value}
+    if differ:
+        settings = ", ".join(f"net.{k}: saved {old!r}, asked {new!r}" for k, (old, new) in differ.items())
+        again = " ".join(f"--set net.{k}={old}" for k, (old, _) in differ.items())
+        raise ConfigMismatch(
+            f"{folder} holds a run of other networks ({settings}); resume it with {again}, or train into another --out"
+        )
 
 
 def load_state(folder: Path, generator: torch.Generator, **objects) -> int:

@@ -119,3 +119,14 @@ def test_in_process_samples_are_generates_images_and_may_outnumber_a_requests_li
     many = samples_from_folder(tiny_models / "dcgan-tiny", MAX_IMAGES_PER_REQUEST + 44, seed=4)
     assert len(many) == MAX_IMAGES_PER_REQUEST + 44
     np.testing.assert_array_equal(many[:70], samples_from_folder(tiny_models / "dcgan-tiny", 70, seed=4))
+
+
+def test_resuming_a_run_of_other_nets_names_the_settings_instead_of_failing_on_weights(run, genserve, tmp_path):
+    ck = tmp_path / "dcgan-plain"
+    run("train", "dcgan", "--steps", "1", "--set", "net.categorical_code=0", "--out", str(ck))
+    proc = genserve("train", "dcgan", "--steps", "2", "--out", str(ck))  # the default recipe has a code
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "net.categorical_code: saved 0, asked 10" in proc.stderr and "--set net.categorical_code=0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    resumed = run("train", "dcgan", "--steps", "2", "--set", "net.categorical_code=0", "--out", str(ck))
+    assert "resumed" in resumed.stderr
