@@ -83,8 +83,16 @@ def check_resumable(folder: Path, family: str, net_config) -> None:
         )
 
 
+def _resume_advice(folder: Path) -> str:
+    meta_path = folder / "config.json"
+    saved = json.loads(meta_path.read_text()).get("config") if meta_path.exists() else None
+    trained = f"it was trained with {json.dumps(saved)}; " if saved else ""
+    return f"{trained}resume it with the same --set settings, or train into another --out"
+
+
 def load_state(folder: Path, generator: torch.Generator, **objects) -> int:
-    """Restore what ``save_state`` wrote; returns the step to continue from (0 if none)."""
+    """Restore what ``save_state`` wrote; returns the step to continue from (0 if none). Raises
+    ConfigMismatch if a saved object does not fit the one given (a run of other networks)."""
     path = folder / STATE_FILE
     if not path.exists():
         return 0
@@ -92,7 +100,16 @@ def load_state(folder: Path, generator: torch.Generator, **objects) -> int:
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
     for name, obj in objects.items():
-        obj.load_state_dict(state[name])
+        if name not in state:
+            raise ConfigMismatch(f"{folder} holds a run without {name!r}: {_resume_advice(folder)}")
+        try:
+            obj.load_state_dict(state[name])
+        except (RuntimeError, ValueError) as exc:  # parameter names or shapes; optimizer groups
+            detail = " ".join(str(exc).split())  # torch's message spans lines; its first one says little
+            detail = detail if len(detail) <= 240 else detail[:237] + "..."
+            raise ConfigMismatch(
+                f"{folder} holds a run of other networks ({name}: {detail}): {_resume_advice(folder)}"
+            ) from exc
     log.info("resumed %s at step %d", folder, state["step"])
     return int(state["step"])
 

@@ -130,3 +130,12 @@ def test_resuming_a_run_of_other_nets_names_the_settings_instead_of_failing_on_w
     assert "Traceback" not in proc.stderr
     resumed = run("train", "dcgan", "--steps", "2", "--set", "net.categorical_code=0", "--out", str(ck))
     assert "resumed" in resumed.stderr
+
+
+def test_resuming_any_family_with_other_nets_fails_with_the_saved_settings(run, genserve, tmp_path):
+    ck = tmp_path / "vae"
+    run("train", "vae", "--steps", "1", "--set", "net.latent_dim=8", "--out", str(ck))
+    proc = genserve("train", "vae", "--steps", "2", "--out", str(ck))  # default latent_dim 16
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "holds a run of other networks" in proc.stderr and '"latent_dim": 8' in proc.stderr
+    assert "Traceback" not in proc.stderr
