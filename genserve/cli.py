@@ -173,7 +173,7 @@ def _eval(args: argparse.Namespace) -> int:
     if source == IN_PROCESS:  # the latents are known: an InfoGAN code's classes can be reported
         from genserve.training.evaluate import code_classes
 
-        codes = code_classes(folder, evaluator.features_and_probs(samples)[1], args.seed)
+        codes = code_classes(evaluator, folder, samples, args.seed)
         extra = {"codes": codes} if codes else {}
     if args.spread:
         from genserve.training.evaluate import confidence_spread

@@ -12,16 +12,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from genserve import images, noise
 from genserve.nets import save_checkpoint
 from genserve.nets.dcgan import DCGANConfig, Discriminator, Generator, code_one_hot
 from genserve.training.data import batches, mnist_splits, to_model_range
 from genserve.training.gan_losses import GANLoss, discriminator_loss, generator_loss
-from genserve.training.loop import EMA, check_resumable, load_state, save_state, seed_everything
+from genserve.training.loop import (
+    EMA,
+    check_resumable,
+    load_state,
+    save_sample_grid,
+    save_state,
+    seed_everything,
+    server_latents,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +142,8 @@ def _sample_grid(out: Path, gen: Generator, latent_dim: int, step: int) -> None:
     gen.eval()
     k = gen.config.categorical_code
     n = 8 * k if k else 64
-    z = noise.gaussian(np.zeros(n), np.arange(n), np.zeros(n), (latent_dim,))  # the server's latents for seed 0
+    z = server_latents(n, latent_dim)  # the server's latents for seed 0
     if k:  # one row per code: raise coordinate r of row r above the others
-        rows = np.arange(n) // 8
-        z[np.arange(n), rows] = z[:, :k].max(axis=1) + 1.0
-    x = gen(torch.from_numpy(z)).numpy()
-    images.save_grid(images.to_uint8(x), out / "samples" / f"step{step:06d}.png", nrow=8)
+        z[torch.arange(n), torch.arange(n) // 8] = z[:, :k].amax(dim=1) + 1.0
+    save_sample_grid(out, gen(z), step)
     gen.train(training)

@@ -161,23 +161,22 @@ def samples_from_folder(
     return np.concatenate(chunks)
 
 
-def code_classes(folder: Path, probs: np.ndarray, seed: int) -> list[dict] | None:
-    """For a DCGAN with an InfoGAN categorical code, sampled as ``samples_from_folder(folder, n,
-    seed)`` (``probs`` (n, 10) are the classifier's on those samples): per code value, how many
-    samples drew it, the class most of them were given, that class's share ("purity") and the
-    confident fraction. None for a model without a code."""
+def code_classes(evaluator: Evaluator, folder: Path, samples: np.ndarray, seed: int) -> list[dict] | None:
+    """For a DCGAN with an InfoGAN categorical code, whose ``samples`` are ``samples_from_folder(folder,
+    n, seed)``: per code value, how many samples drew it, the class the classifier gave most of them,
+    that class's share ("purity") and the confident fraction. None (nothing classified) for a model
+    without a code."""
     import json
 
     from genserve import manifest as mf
-    from genserve import noise
 
     config = json.loads((folder / mf.WEIGHTS_DIR / "config.json").read_text())["config"]
     k = config.get("categorical_code", 0)
     if not k:
         return None
-    n = len(probs)
-    z = noise.gaussian(np.full(n, seed), np.arange(n), np.full(n, noise.INITIAL_STEP), (config["latent_dim"],))
-    codes, classes = z[:, :k].argmax(1), probs.argmax(1)
+    _, probs = evaluator.features_and_probs(samples)
+    codes = server_latents(len(probs), config["latent_dim"], seed).numpy()[:, :k].argmax(1)
+    classes = probs.argmax(1)
     report = []
     for code in range(k):
         drew = codes == code
