@@ -21,7 +21,6 @@ from genserve.training.data import batches, mnist_splits, to_model_range
 from genserve.training.gan_losses import GANLoss, discriminator_loss, generator_loss
 from genserve.training.loop import (
     EMA,
-    check_resumable,
     load_state,
     save_sample_grid,
     save_state,
@@ -75,8 +74,7 @@ def train_dcgan(out: Path, config: DCGANTrainConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     ema = EMA(gen, config.ema_decay) if config.ema_decay > 0 else None
     state = {"gen": gen, "disc": disc, "opt_g": opt_g, "opt_d": opt_d, **({"ema": ema.model} if ema else {})}
-    check_resumable(out, "dcgan_generator", config.net)
-    start = load_state(out, generator_rng, **state)
+    start = load_state(out, generator_rng, nets=("dcgan_generator", config.net), **state)
     served = ema.model if ema else gen  # what checkpoints and grids show
 
     t0 = time.time()

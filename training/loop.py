@@ -63,18 +63,17 @@ class ConfigMismatch(ValueError):
     """A checkpoint folder holds a run of other networks than the ones asked for."""
 
 
-def check_resumable(folder: Path, family: str, net_config) -> None:
-    """Raise ConfigMismatch, naming each differing setting, if ``folder`` holds a resumable run whose
-    networks were built from another config than ``net_config`` (loading its state would fail on
-    parameter names, or worse, succeed on a different architecture)."""
+def _check_nets(folder: Path, saved: dict | None, family: str, net_config) -> None:
+    """Raise ConfigMismatch naming each setting in which ``net_config`` differs from the config the
+    folder's run was trained with (``saved``, its config.json): loading its state would fail on
+    parameter names, or worse, succeed on a different architecture."""
     from genserve.nets import config_from_dict
 
-    meta_path = folder / "config.json"
-    if not (folder / STATE_FILE).exists() or not meta_path.exists():
+    if saved is None:
         return
-    saved = dataclasses.asdict(config_from_dict(family, json.loads(meta_path.read_text())["config"]))
+    trained = dataclasses.asdict(config_from_dict(family, saved))
     asked = dataclasses.asdict(net_config)
-    differ = {key: (saved[key], value) for key, value in asked.items() if saved.get(key) != value}
+    differ = {key: (trained[key], value) for key, value in asked.items() if trained.get(key) != value}
     if differ:
         settings = ", ".join(f"net.{k}: saved {old!r}, asked {new!r}" for k, (old, new) in differ.items())
         again = " ".join(f"--set net.{k}={old}" for k, (old, _) in differ.items())
@@ -83,32 +82,37 @@ def check_resumable(folder: Path, family: str, net_config) -> None:
         )
 
 
-def _resume_advice(folder: Path) -> str:
-    meta_path = folder / "config.json"
-    saved = json.loads(meta_path.read_text()).get("config") if meta_path.exists() else None
+def _resume_advice(saved: dict | None) -> str:
     trained = f"it was trained with {json.dumps(saved)}; " if saved else ""
     return f"{trained}resume it with the same --set settings, or train into another --out"
 
 
-def load_state(folder: Path, generator: torch.Generator, **objects) -> int:
-    """Restore what ``save_state`` wrote; returns the step to continue from (0 if none). Raises
-    ConfigMismatch if a saved object does not fit the one given (a run of other networks)."""
+def load_state(folder: Path, generator: torch.Generator, *, nets: tuple[str, Any] | None = None, **objects) -> int:
+    """Restore what ``save_state`` wrote; returns the step to continue from (0 if none).
+
+    Raises ConfigMismatch for a run of other networks: naming each differing setting when ``nets``
+    (the checkpoint family and the network config asked for) is given, else once a saved object does
+    not fit the one given."""
     path = folder / STATE_FILE
     if not path.exists():
         return 0
+    meta_path = folder / "config.json"
+    saved = json.loads(meta_path.read_text()).get("config") if meta_path.exists() else None
+    if nets is not None:
+        _check_nets(folder, saved, *nets)
     state = torch.load(path, weights_only=False)
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
     for name, obj in objects.items():
         if name not in state:
-            raise ConfigMismatch(f"{folder} holds a run without {name!r}: {_resume_advice(folder)}")
+            raise ConfigMismatch(f"{folder} holds a run without {name!r}: {_resume_advice(saved)}")
         try:
             obj.load_state_dict(state[name])
         except (RuntimeError, ValueError) as exc:  # parameter names or shapes; optimizer groups
             detail = " ".join(str(exc).split())  # torch's message spans lines; its first one says little
             detail = detail if len(detail) <= 240 else detail[:237] + "..."
             raise ConfigMismatch(
-                f"{folder} holds a run of other networks ({name}: {detail}): {_resume_advice(folder)}"
+                f"{folder} holds a run of other networks ({name}: {detail}): {_resume_advice(saved)}"
             ) from exc
     log.info("resumed %s at step %d", folder, state["step"])
     return int(state["step"])
