@@ -33,6 +33,7 @@ OURS = (
     ("batcher and hand-off to the engine", ("serving/batcher.py", "serving/batching.py", "serving/scheduler.py")),
     ("engine thread (noise, ONNX Runtime, uint8)", ("serving/runner.py", "serving/engines.py", "genserve/noise.py")),
     ("metrics", ("serving/metrics.py", "prometheus_client")),
+    ("native transport's Python side (events, dispatch)", ("serving/native/",)),
 )
 # Without a frame of ours: py-spy cannot see into grpc.aio's Cython, so a sample in a callback the
 # loop runs (``Handle._run``) with nothing of ours below is grpc's call handling (or a C future's

@@ -231,6 +231,7 @@ def _serve(args: argparse.Namespace) -> int:
         "host": args.host,
         "port": args.port,
         "backend": Backend(args.backend) if args.backend else None,
+        "frontend": args.frontend,
         "grace_period": args.grace_period,
         "metrics_port": args.metrics_port,
     }
@@ -524,6 +525,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port to bind; 0 = any free port (default 50051)")
     p.add_argument("--models", type=Path, help=f"model repository (default {DEFAULT_MODELS})")
     p.add_argument("--backend", choices=[b.value for b in Backend], help="engine backend (default onnxruntime)")
+    p.add_argument(
+        "--frontend",
+        choices=["auto", "native", "grpcio"],
+        help="gRPC transport: native = gRPC C++ (bash serving/native/build.sh; make does it), grpcio = "
+        "Python's; auto (default) = native if built",
+    )
     p.add_argument("--grace-period", type=float, help="seconds queued and running calls get at shutdown (default 10)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics at :PORT/metrics (default off)")
     batching = p.add_argument_group("batching and queueing (every model; overrides the config file)")

@@ -5,6 +5,7 @@
     host = "0.0.0.0"
     port = 50051
     backend = "onnxruntime"    # onnxruntime | torch | tensorrt
+    frontend = "auto"          # gRPC transport: auto (native if built) | native | grpcio
     grace_period_s = 10
     metrics_port = 9090        # Prometheus /metrics; absent = off
 
@@ -83,12 +84,16 @@ class ModelSettings:
         return problems
 
 
+FRONTENDS = ("auto", "native", "grpcio")  # see ServerConfig.frontend
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     models_dir: Path
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT  # 0 = an ephemeral port, see GenserveServer.port
     backend: Backend = Backend.ONNXRUNTIME
+    frontend: str = "auto"  # the gRPC transport: "native" (gRPC C++, serving/native), "grpcio", or "auto"
     grace_period: float = DEFAULT_GRACE_PERIOD  # seconds calls in flight get to finish at shutdown
     max_message_bytes: int = MAX_MESSAGE_BYTES
     metrics_port: int | None = None  # Prometheus endpoint; None = off, 0 = any free port
@@ -139,6 +144,7 @@ _SERVER_KEYS: dict[str, tuple[Any, str]] = {
     "host": (lambda v: isinstance(v, str) and v != "", "a host name or address"),
     "port": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 65535, "a port in [0, 65535]"),
     "backend": (lambda v: v in {b.value for b in Backend}, "one of " + ", ".join(b.value for b in Backend)),
+    "frontend": (lambda v: v in FRONTENDS, "one of " + ", ".join(FRONTENDS)),
     "grace_period_s": _number(0),
     "metrics_port": (
         lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 65535,
@@ -246,6 +252,8 @@ def load_config(
         values["metrics_host"] = server["metrics_host"]
     if "backend" in server:
         values["backend"] = Backend(server["backend"])
+    if "frontend" in server:
+        values["frontend"] = server["frontend"]
     if "grace_period_s" in server:
         values["grace_period"] = float(server["grace_period_s"])
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})

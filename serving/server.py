@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from genserve.serving import convert, kserve
+from genserve.serving import convert, kserve, native
 from genserve.serving.config import ConfigError, ServerConfig
 from genserve.serving.interceptors import with_error_statuses
 from genserve.serving.metrics import Metrics
@@ -53,19 +53,7 @@ class GenserveServer:
 
     async def start(self) -> int:
         """Bind, start serving health and reflection (NOT_SERVING), and return the bound port."""
-        limit = self.config.max_message_bytes
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_send_message_length", limit),
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.so_reuseport", 0),  # a port already in use is an error, not a silent second listener
-                # gRPC core holds calls the event loop has not picked up yet, and past 1,000 of them it
-                # starts cancelling new ones (CANCELLED, before any handler runs). A burst must reach the
-                # model queues instead, whose bound rejects with a status that says what happened.
-                ("grpc.server.max_pending_requests", CORE_PENDING_CALLS),
-                ("grpc.server.max_pending_requests_hard_limit", 2 * CORE_PENDING_CALLS),
-            ],
-        )
+        server = self._new_server()
         generation = GenerationServicer(self.registry, self._executor, self.metrics)
         genserve_pb2_grpc.add_GenerationServiceServicer_to_server(
             with_error_statuses(generation, convert.SERVICE_DESCRIPTOR), server
@@ -93,6 +81,30 @@ class GenserveServer:
             except OSError as exc:
                 raise StartupError(f"cannot serve metrics on {host}:{self.config.metrics_port}: {exc}") from exc
         return port
+
+    def _new_server(self) -> grpc.aio.Server:
+        """The gRPC server on the configured transport (``ServerConfig.frontend``); StartupError if
+        ``native`` is asked for and not built."""
+        limit, frontend = self.config.max_message_bytes, self.config.frontend
+        if frontend != "grpcio" and native.available():
+            log.info("gRPC transport: native (gRPC C++ %s, serving/native)", native.grpc_version())
+            return native.NativeServer(limit)
+        if frontend == "native":
+            raise StartupError(f"--frontend native: {native.unavailable_reason()}")
+        why = "asked for" if frontend == "grpcio" else native.unavailable_reason()
+        log.info("gRPC transport: grpcio %s (%s)", grpc.__version__, why)
+        return grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", limit),
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.so_reuseport", 0),  # a port already in use is an error, not a silent second listener
+                # gRPC core holds calls the event loop has not picked up yet, and past 1,000 of them it
+                # starts cancelling new ones (CANCELLED, before any handler runs). A burst must reach the
+                # model queues instead, whose bound rejects with a status that says what happened.
+                ("grpc.server.max_pending_requests", CORE_PENDING_CALLS),
+                ("grpc.server.max_pending_requests_hard_limit", 2 * CORE_PENDING_CALLS),
+            ],
+        )
 
     async def load_models(self) -> None:
         """Load every model folder, then report SERVING; StartupError if any folder fails or none exist."""
