@@ -12,7 +12,7 @@ HOST ?= 0.0.0.0
 BACKEND ?= onnxruntime
 METRICS_PORT ?= 9090
 
-.PHONY: serve test install lint protos clean-venv
+.PHONY: serve test install native lint protos clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +21,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# The native gRPC transport (serving/native, gRPC C++): built here when it can be (a compiler and
+# libgrpc++-dev, which build.sh installs with apt-get when allowed); without it the server runs on
+# grpcio and logs why, and the native transport's tests skip saying so.
+NATIVE := serving/native/.built
+$(NATIVE): serving/native/frontend.cc serving/native/build.sh | $(STAMP)
+	@if bash serving/native/build.sh $(BIN)/python; then touch $(NATIVE); \
+	else echo "native gRPC transport not built: serving on grpcio (see serving/native/build.sh)"; fi
 
-serve: $(STAMP)
+install: $(STAMP) $(NATIVE)
+
+native: $(NATIVE)
+
+serve: $(STAMP) $(NATIVE)
 	$(BIN)/genserve serve --host $(HOST) --port $(PORT) --backend $(BACKEND) --metrics-port $(METRICS_PORT)
 
-test: $(STAMP)
+test: $(STAMP) $(NATIVE)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

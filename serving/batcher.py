@@ -171,7 +171,10 @@ class DynamicBatcher:
         self._pending += 1
         self._metrics.pending.inc()
         self._metrics.queued.set(len(self._queue))
-        self._wake.set()
+        if self._free or entry.deadline is not None:
+            # A batch may start now, or this deadline may fall before the loop's next wake-up. With
+            # every instance busy and no deadline, the next freed instance wakes the loop anyway.
+            self._wake.set()
         try:
             return await entry.future
         except asyncio.CancelledError:
@@ -205,18 +208,23 @@ class DynamicBatcher:
         while True:
             self._wake.clear()
             now = self._clock()
-            decision = next_batch([e.pending() for e in self._queue.values()], self.policy, now)
-            for entry_id in decision.expired:
+            if self._free:
+                decision = next_batch([e.pending() for e in self._queue.values()], self.policy, now)
+                expired = decision.expired
+            else:  # no batch can start: only deadlines to enforce (planning a batch would be in vain)
+                decision = None
+                expired = [e.id for e in self._queue.values() if e.deadline is not None and e.deadline <= now]
+            for entry_id in expired:
                 self._expire(self._queue.pop(entry_id), now)
-            if decision.expired:
+            if expired:
                 self._metrics.queued.set(len(self._queue))
-            if decision.batch and self._free:
+            if decision is not None and decision.batch:
                 instance = self._free.pop()
                 task = asyncio.create_task(self._run(instance, self._take(decision.batch, now)))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
                 continue
-            if self._free:
+            if decision is not None:
                 wake_at = decision.wake_at
             else:
                 wake_at = min((e.deadline for e in self._queue.values() if e.deadline is not None), default=None)

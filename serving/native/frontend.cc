@@ -14,6 +14,7 @@
 
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -130,6 +131,7 @@ class Sender {
 
  private:
   void run() {
+    pthread_setname_np(pthread_self(), "genserve-send");
     std::vector<std::function<void()>> batch;
     while (true) {
       {

@@ -14,9 +14,19 @@ from pathlib import Path
 import pytest
 
 from genserve.client import GenserveClient
+from genserve.serving import native
 
 GENSERVE = Path(sys.executable).parent / "genserve"  # the console script of this virtualenv
 START_TIMEOUT = 60.0
+# The gRPC transports (``serve --frontend``): tests that take the ``server`` or ``frontend`` fixture
+# run on each. ``start_server`` without ``--frontend`` gets the default (native when built).
+TRANSPORTS = (
+    pytest.param(
+        "native",
+        marks=pytest.mark.skipif(not native.available(), reason=native.unavailable_reason()),
+    ),
+    "grpcio",
+)
 
 
 class ServerProcess:
@@ -118,10 +128,16 @@ def start_server(tiny_models: Path) -> Iterator[Callable[..., ServerProcess]]:
         server.stop()
 
 
-@pytest.fixture(scope="session")
-def server(tiny_models: Path) -> Iterator[ServerProcess]:
-    """One server on the tiny models shared by the tests that only make calls."""
-    process = ServerProcess(tiny_models, metrics=True)
+@pytest.fixture(params=TRANSPORTS)
+def frontend(request: pytest.FixtureRequest) -> str:
+    """Each gRPC transport in turn, for ``start_server("--frontend", frontend)``."""
+    return request.param
+
+
+@pytest.fixture(scope="session", params=TRANSPORTS)
+def server(request: pytest.FixtureRequest, tiny_models: Path) -> Iterator[ServerProcess]:
+    """One server on the tiny models shared by the tests that only make calls, on each transport."""
+    process = ServerProcess(tiny_models, "--frontend", request.param, metrics=True)
     try:
         yield process.wait_until_serving()
     finally:

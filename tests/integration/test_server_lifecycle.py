@@ -50,10 +50,11 @@ def _wait_for_metric(server, line: str, timeout: float = 30.0) -> None:
     raise AssertionError(f"{line!r} never appeared in the metrics:\n{server.scrape_metrics()}")
 
 
-def test_sigterm_reports_not_serving_refuses_new_calls_and_lets_running_and_queued_calls_finish(start_server):
+def test_sigterm_reports_not_serving_refuses_new_calls_and_lets_running_and_queued_calls_finish(start_server, frontend):
     grace = 30.0
     # Two diffusion slots, both taken by the first call, so the second one queues.
-    server = start_server("--grace-period", str(grace), "--max-batch-size", "2", metrics=True, verbose=True)
+    args = ("--frontend", frontend, "--grace-period", str(grace), "--max-batch-size", "2")
+    server = start_server(*args, metrics=True, verbose=True)
     server.wait_until_serving()
     with grpc.insecure_channel(server.target) as channel:
         watch = health_pb2_grpc.HealthStub(channel).Watch(convert.health_check_request(""), timeout=60)
@@ -82,9 +83,9 @@ def test_sigterm_reports_not_serving_refuses_new_calls_and_lets_running_and_queu
     assert log.index("received SIGTERM") < log.index(f"Generate model={DDPM}"), "the call ended before SIGTERM"
 
 
-def test_sigterm_exits_at_the_end_of_the_grace_period_when_a_call_outlasts_it(start_server):
+def test_sigterm_exits_at_the_end_of_the_grace_period_when_a_call_outlasts_it(start_server, frontend):
     grace = 1.0
-    server = start_server("--grace-period", str(grace), verbose=True).wait_until_serving()
+    server = start_server("--frontend", frontend, "--grace-period", str(grace), verbose=True).wait_until_serving()
     call = CallInThread(server.target, model=DDPM, num_images=8, seed=3, steps=1000)  # tens of seconds
     server.wait_for_line(rf"model={DDPM} running batch")
     sent = time.monotonic()
@@ -96,8 +97,8 @@ def test_sigterm_exits_at_the_end_of_the_grace_period_when_a_call_outlasts_it(st
     assert cut.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
 
 
-def test_sigint_stops_an_idle_server_with_exit_code_zero(start_server):
-    server = start_server().wait_until_serving()
+def test_sigint_stops_an_idle_server_with_exit_code_zero(start_server, frontend):
+    server = start_server("--frontend", frontend).wait_until_serving()
     server.proc.send_signal(signal.SIGINT)
     assert server.wait(timeout=15) == 0, server.log
 
@@ -119,7 +120,7 @@ def test_an_empty_model_repository_stops_the_server(start_server, tmp_path: Path
     assert "no model folders" in server.log
 
 
-def test_a_port_already_in_use_stops_the_server_with_the_reason(start_server, server):
-    second = start_server("--port", str(server.port))  # the last --port wins
+def test_a_port_already_in_use_stops_the_server_with_the_reason(start_server, server, frontend):
+    second = start_server("--frontend", frontend, "--port", str(server.port))  # the last --port wins
     assert second.wait(timeout=60) == 1
     assert f"cannot listen on 127.0.0.1:{server.port}" in second.log
