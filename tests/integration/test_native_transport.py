@@ -67,7 +67,8 @@ def _seed_request(seed: int, call_id: str) -> pb.ModelInferRequest:
 
 
 def test_a_burst_of_concurrent_calls_is_answered_in_full_and_in_kind(server: ServerProcess):
-    """200 calls at once on one connection (within the queue limit of 256): each gets its own answer, its id and its seed's image."""
+    """200 calls at once on one connection (within the queue limit of 256): each gets its own
+    answer, with its id and its seed's image."""
     seeds = list(range(200))
     with GenserveClient(server.target, timeout=60) as client:
         expected = {seed: client.generate(GAN, 1, seed=seed).tobytes() for seed in seeds[:20]}
