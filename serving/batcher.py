@@ -129,6 +129,7 @@ class DynamicBatcher:
         self._computes = list(computes)
         self._executor = executor
         self._metrics = metrics or Metrics().for_model(name)
+        self._metrics.track(lambda: self._pending, lambda: len(self._queue))
         self._clock = clock
         self._ids = itertools.count()
         self._queue: dict[int, _Entry] = {}  # requests with units not yet started, in arrival order
@@ -169,8 +170,6 @@ class DynamicBatcher:
         self._ensure_running()
         self._queue[entry.id] = entry
         self._pending += 1
-        self._metrics.pending.inc()
-        self._metrics.queued.set(len(self._queue))
         if self._free or entry.deadline is not None:
             # A batch may start now, or this deadline may fall before the loop's next wake-up. With
             # every instance busy and no deadline, the next freed instance wakes the loop anyway.
@@ -180,12 +179,10 @@ class DynamicBatcher:
         except asyncio.CancelledError:
             # The caller is gone (client cancel, gRPC deadline, end of the shutdown grace period).
             entry.cancelled.set()
-            if self._queue.pop(entry.id, None) is not None:
-                self._metrics.queued.set(len(self._queue))
+            self._queue.pop(entry.id, None)
             raise
         finally:
             self._pending -= 1
-            self._metrics.pending.dec()
 
     async def close(self) -> None:
         """Stop dispatching (after the server has drained its calls)."""
@@ -216,8 +213,6 @@ class DynamicBatcher:
                 expired = [e.id for e in self._queue.values() if e.deadline is not None and e.deadline <= now]
             for entry_id in expired:
                 self._expire(self._queue.pop(entry_id), now)
-            if expired:
-                self._metrics.queued.set(len(self._queue))
             if decision is not None and decision.batch:
                 instance = self._free.pop()
                 task = asyncio.create_task(self._run(instance, self._take(decision.batch, now)))
@@ -248,7 +243,6 @@ class DynamicBatcher:
             batch.append((entry, start, entry.next_unit))
             if entry.next_unit == entry.units:
                 del self._queue[take.id]
-        self._metrics.queued.set(len(self._queue))
         return batch
 
     async def _run(self, instance: int, batch: list[tuple[_Entry, int, int]]) -> None:

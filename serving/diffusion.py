@@ -146,6 +146,7 @@ class DiffusionScheduler:
         self._cancelled: set[int] = set()  # running requests whose callers left
         self._ids = itertools.count()
         self._pending = 0
+        self._metrics.track(lambda: self._pending, lambda: len(self._waiting))
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
 
@@ -230,21 +231,17 @@ class DiffusionScheduler:
             self._loop_task = asyncio.create_task(self._run_loop(), name=f"diffusion-{self.name}")
         self._waiting[entry.id] = entry
         self._pending += 1
-        self._metrics.pending.inc()
-        self._metrics.queued.set(len(self._waiting))
         self._wake.set()
         return entry
 
     def _cancel(self, entry: _Request) -> None:
-        if self._waiting.pop(entry.id, None) is not None:
-            self._metrics.queued.set(len(self._waiting))
+        self._waiting.pop(entry.id, None)
         if entry.next_image > 0:
             self._cancelled.add(entry.id)  # its running slots leave at the next step boundary
         self._wake.set()
 
     def _finish(self, entry: _Request) -> None:
         self._pending -= 1
-        self._metrics.pending.dec()
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -334,7 +331,6 @@ class DiffusionScheduler:
             log.debug(
                 "model=%s running batch of %d slots after %d joined", self.name, len(self._slots), len(plan.joins)
             )
-        self._metrics.queued.set(len(self._waiting))
 
     def _join(self, entry: _Request, image_indices: range) -> None:
         n, k = len(self._slots), len(image_indices)

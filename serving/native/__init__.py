@@ -300,12 +300,13 @@ class NativeServer(grpc.aio.Server):
                 call.ended()
 
     async def _serve(self, call: _Call, method: str) -> None:
-        handler = self._handler(method)
-        if handler is None:
-            call.finish(grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {method}")
-            return
-        context = ServicerContext(call, handler.response_serializer)
+        context = ServicerContext(call, None)
         try:
+            handler = self._handler(method)
+            if handler is None:
+                call.finish(grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {method}")
+                return
+            context._serialize = handler.response_serializer
             if handler.request_streaming:
                 request = call.messages(handler.request_deserializer)
             elif call.first is None:
@@ -346,3 +347,5 @@ class NativeServer(grpc.aio.Server):
                 return
             log.error("%s raised %s", method, type(exc).__name__, exc_info=exc)
             call.finish(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}")
+        finally:  # whatever happened, the call ends (a no-op when it has): an open call holds shutdown
+            call.finish(grpc.StatusCode.INTERNAL, "the server could not answer the call; see its log")

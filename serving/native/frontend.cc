@@ -300,6 +300,14 @@ class Server final : public grpc::CallbackGenericService {
   ~Server() override {
     py::gil_scoped_release release;
     if (server_) {
+      // Without an event loop left to answer them, calls still open are ended here: gRPC's
+      // Shutdown waits for every call's Finish.
+      std::vector<std::shared_ptr<Call>> open;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        for (auto& entry : calls_) open.push_back(entry.second);
+      }
+      for (auto& call : open) call->finish(static_cast<int>(grpc::StatusCode::UNAVAILABLE), "the server stopped", std::nullopt);
       server_->Shutdown(std::chrono::system_clock::now());
       server_.reset();
     }
