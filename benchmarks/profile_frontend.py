@@ -8,9 +8,10 @@ It starts genserve on the bundled models, puts perf_analyzer on it (``dcgan-mnis
 16, one row per request: the point where issue 6 compares against Triton), and samples the server
 with ``py-spy record --gil`` (only samples where a thread holds the GIL) for ``--seconds``. Each
 sample is charged to the innermost frame of ours it is in (the RPC handlers, the batcher, the
-engine thread) or, with none, to grpc's Cython layer (invisible to py-spy: a loop callback with
-nothing of ours below) or the event loop itself; the GIL share is the number of samples against
-``rate × seconds``. The raw collapsed stacks are kept next to the JSON.
+engine thread, the native transport's Python side) or, with none, to a loop callback with nothing
+of ours below (on grpcio mostly its Cython call handling, invisible to py-spy) or the event loop
+itself; the GIL share is the number of samples against ``rate × seconds``. The raw collapsed
+stacks are kept next to the JSON. ``--frontend grpcio`` profiles the Python gRPC transport.
 """
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ OURS = (
     ("native transport's Python side (events, dispatch)", ("serving/native/",)),
 )
 # Without a frame of ours: py-spy cannot see into grpc.aio's Cython, so a sample in a callback the
-# loop runs (``Handle._run``) with nothing of ours below is grpc's call handling (or a C future's
-# callback); one in the loop outside any callback is the loop itself (polling, the ready queue).
+# loop runs (``Handle._run``) with nothing of ours below is, on grpcio, mostly grpc's call handling
+# (and on both transports a C future's callbacks); one in the loop outside any callback is the
+# loop itself (polling, the ready queue).
 THEIRS = (
-    ("grpc's Cython call handling (loop callbacks with no frame of ours)", ("Handle._run", "grpc/_cython")),
+    ("loop callbacks with no frame of ours (on grpcio: its Cython call handling)", ("Handle._run", "grpc/_cython")),
     ("the event loop itself (polling, ready queue)", ("asyncio/", "selectors.py")),
 )
 
@@ -73,6 +75,7 @@ def summarize(collapsed: str, rate: int, seconds: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="dcgan-mnist")
+    parser.add_argument("--frontend", default="auto", choices=["auto", "native", "grpcio"], help="gRPC transport")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=int, default=10, help="py-spy sampling time (whole seconds)")
     parser.add_argument("--rate", type=int, default=300, help="py-spy samples per second")
@@ -82,7 +85,7 @@ def main() -> None:
     if py_spy is None:
         raise SystemExit("py-spy is not installed: pip install py-spy")
     env = tools_env()
-    server = start_server("--max-batch-size", "64", "--max-queue-delay-ms", "0")
+    server = start_server("--max-batch-size", "64", "--max-queue-delay-ms", "0", "--frontend", args.frontend)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             data = input_data(Path(tmp) / "data.json", rows=64, steps=None)
@@ -112,6 +115,7 @@ def main() -> None:
         server.stop()
     report = {
         "what": f"py-spy --gil of genserve under perf_analyzer, {args.model}, concurrency {args.concurrency}",
+        "frontend": args.frontend,
         "seconds": args.seconds,
         "rate_hz": args.rate,
         **summarize(raw.read_text(), args.rate, args.seconds),

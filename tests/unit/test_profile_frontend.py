@@ -9,7 +9,7 @@ CALLBACK = "Handle._run (asyncio/events.py:80)"  # a loop callback: grpc's Cytho
 LOOP = "BaseEventLoop._run_once (asyncio/base_events.py:1922)"
 
 
-GRPC_SHARE = "grpc's Cython call handling (loop callbacks with no frame of ours)"
+GRPC_SHARE = "loop callbacks with no frame of ours (on grpcio: its Cython call handling)"
 LOOP_SHARE = "the event loop itself (polling, ready queue)"
 
 
