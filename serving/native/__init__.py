@@ -65,14 +65,47 @@ def _code_of(code: grpc.StatusCode) -> int:
     return code.value[0]
 
 
+class _Outbox:
+    """Call endings of one turn of the event loop, handed to the transport together at its end: a
+    batch's answers resolve in the same turn, and one crossing with one wake-up of the sender
+    thread costs less than one each (``finish`` was 6% of the loop's GIL time)."""
+
+    def __init__(self, server: Any, loop: asyncio.AbstractEventLoop):
+        self._server = server
+        self._loop = loop
+        self._ends: list[tuple[int, int, str, bytes | None]] = []
+
+    def add(self, call_id: int, code: int, details: str, last: bytes | None) -> None:
+        if not self._ends:
+            self._loop.call_soon(self.flush)
+        self._ends.append((call_id, code, details, last))
+
+    def flush(self) -> None:
+        ends, self._ends = self._ends, []
+        if ends:
+            self._server.finish_all(ends)
+
+
 class _Call:
     """One call on the event loop's side: its first message, its reads and its task."""
 
-    __slots__ = ("id", "_server", "first", "deadline", "task", "cancelled", "_reading", "_finished", "_done_callbacks")
+    __slots__ = (
+        "id",
+        "_server",
+        "_outbox",
+        "first",
+        "deadline",
+        "task",
+        "cancelled",
+        "_reading",
+        "_finished",
+        "_done_callbacks",
+    )
 
-    def __init__(self, server: Any, call_id: int, timeout: float | None, first: bytes | None):
+    def __init__(self, server: Any, outbox: _Outbox, call_id: int, timeout: float | None, first: bytes | None):
         self.id = call_id
         self._server = server
+        self._outbox = outbox
         self.first = first
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.task: asyncio.Task | None = None
@@ -101,12 +134,13 @@ class _Call:
             self._reading.set_result(payload)
 
     def write(self, payload: bytes) -> bool:
-        return self._server.write(self.id, payload)
+        return not self._finished and self._server.write(self.id, payload)
 
     def finish(self, code: grpc.StatusCode, details: str = "", last: bytes | None = None) -> None:
+        """End the call (once; later calls do nothing), after the writes already started."""
         if not self._finished:
             self._finished = True
-            self._server.finish(self.id, _code_of(code), details, last)
+            self._outbox.add(self.id, _code_of(code), details, last)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -218,6 +252,7 @@ class NativeServer(grpc.aio.Server):
         self._server: Any = None
         self._calls: dict[int, _Call] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._outbox: _Outbox | None = None
         self._terminated = asyncio.Event()
 
     def add_generic_rpc_handlers(self, generic_rpc_handlers: Sequence[grpc.GenericRpcHandler]) -> None:
@@ -241,6 +276,7 @@ class NativeServer(grpc.aio.Server):
         if self._server is None:
             raise RuntimeError("add_insecure_port first")
         self._loop = asyncio.get_running_loop()
+        self._outbox = _Outbox(self._server, self._loop)
         self._loop.add_reader(self._server.fd, self._drain)
         self._drain()
 
@@ -256,6 +292,7 @@ class NativeServer(grpc.aio.Server):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._outbox.flush()
         self._calls.clear()
         self._server = None
         self._terminated.set()
@@ -284,7 +321,7 @@ class NativeServer(grpc.aio.Server):
             return
         for kind, call_id, method, timeout, payload in server.take_events():
             if kind == _frontend.ARRIVED:
-                call = _Call(server, call_id, timeout, payload)
+                call = _Call(server, self._outbox, call_id, timeout, payload)
                 calls[call_id] = call
                 call.task = self._loop.create_task(self._serve(call, method))
                 continue

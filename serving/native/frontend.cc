@@ -129,6 +129,17 @@ class Sender {
     if (wake) cv_.notify_one();
   }
 
+  void post_all(std::vector<std::function<void()>>& ops) {
+    if (ops.empty()) return;
+    bool wake;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      wake = ops_.empty();
+      for (auto& op : ops) ops_.push_back(std::move(op));
+    }
+    if (wake) cv_.notify_one();
+  }
+
  private:
   void run() {
     pthread_setname_np(pthread_self(), "genserve-send");
@@ -426,17 +437,25 @@ PYBIND11_MODULE(_frontend, m) {
              s.sender().post([call, bytes = std::string(data)]() mutable { call->write(std::move(bytes)); });
              return true;
            })
-      .def("finish",
-           [](Server& s, uint64_t id, int code, const std::string& details, std::optional<py::bytes> last) {
-             auto call = s.find(id);
-             if (!call) return false;
-             std::optional<std::string> bytes;
-             if (last) bytes = std::string(*last);
-             s.sender().post([call, code, details, bytes = std::move(bytes)]() mutable {
-               call->finish(code, std::move(details), std::move(bytes));
-             });
-             return true;
-           },
-           py::arg("call"), py::arg("code"), py::arg("details"), py::arg("last") = py::none())
+      .def("finish_all",
+           [](Server& s, const py::list& ends) {
+             // (call, code, details, last) for each call ended in one turn of the event loop: one
+             // crossing and at most one wake-up of the sender for all of them.
+             std::vector<std::function<void()>> ops;
+             ops.reserve(ends.size());
+             for (const auto& item : ends) {
+               auto end = item.cast<py::tuple>();
+               auto call = s.find(end[0].cast<uint64_t>());
+               if (!call) continue;
+               int code = end[1].cast<int>();
+               std::string details = end[2].cast<std::string>();
+               std::optional<std::string> bytes;
+               if (!end[3].is_none()) bytes = std::string(end[3].cast<py::bytes>());
+               ops.push_back([call, code, details = std::move(details), bytes = std::move(bytes)]() mutable {
+                 call->finish(code, std::move(details), std::move(bytes));
+               });
+             }
+             s.sender().post_all(ops);
+           })
       .def("shutdown", &Server::shutdown, py::arg("grace"));
 }
