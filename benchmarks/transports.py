@@ -2,7 +2,7 @@
 grpcio (Python's ``grpc.aio``), with Triton's own load generator.
 
     bash benchmarks/peers/setup.sh perf         # once: perf_analyzer into .bench/
-    python -m benchmarks.transports             # ~3 min; results/transports.json + results/perf/transport-*.csv
+    python -m benchmarks.transports             # ~3 min; results/transports.json, results/perf/transport-*.csv
 
 Both servers are started at once, with the same models and batcher settings as
 ``benchmarks.vs_triton`` (max batch 64, delay 0); perf_analyzer measures each concurrency on one
@@ -50,7 +50,7 @@ def main() -> None:
             for c in args.concurrency:
                 for repeat in range(args.repeats):
                     for transport in TRANSPORTS:
-                        out = perf_dir / f"transport-{transport}-{args.model}-c{c}.csv"
+                        out = perf_dir / f"transport-{transport}-{args.model}-c{c}-r{repeat + 1}.csv"
                         row = perf_analyzer(servers[transport].target, args.model, c, data, out, args.window_ms, env)
                         run = to_run(transport, args.model, c, row, out)
                         runs.append(run)

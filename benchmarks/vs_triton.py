@@ -1,7 +1,7 @@
 """genserve against NVIDIA Triton, side by side, with Triton's own load generator.
 
     bash benchmarks/peers/setup.sh          # once: perf_analyzer and Triton (pytriton) into .bench/
-    python -m benchmarks.vs_triton          # ~8 min; results/vs_triton.{json,png,md} + results/perf/*.csv
+    python -m benchmarks.vs_triton          # ~20 min; results/vs_triton.{json,png,md} + results/perf/*.csv
     python -m benchmarks.vs_triton --servers genserve   # perf_analyzer sweep against genserve only
 
 Both servers run at once on this machine and serve the same ``model.onnx`` files through ONNX
@@ -11,23 +11,27 @@ model, so the model work per image is identical and only the serving layers diff
 measuring, one call to each server checks that they return the same bytes for the same seeds.
 
 perf_analyzer (closed loop, gRPC, one row per request) measures each (model, concurrency) on
-genserve and then on Triton, interleaved, so drifts in machine load hit both alike. Its CSV per
-run is kept under ``results/perf/``; the server-side queue and compute columns come from each
-server's ModelStatistics.
+genserve and then on Triton, interleaved, ``--repeats`` times (3), so drifts in machine load hit
+both alike; the table and the ratios compare the medians of the repeats, since a single
+measurement here moves by about 10% from one run to the next (either server). Its CSV per run is
+kept under ``results/perf/``; the server-side queue and compute columns come from each server's
+ModelStatistics.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +65,7 @@ class Run:
     server_compute_ms: float
     csv: str  # path relative to benchmarks/results
     window_ms: int = 0  # the perf_analyzer measurement window that gave a stable measurement
+    repeat: int = 1  # which of the --repeats measurements of this (server, model, concurrency)
 
 
 def tools_env() -> dict[str, str]:
@@ -264,18 +269,18 @@ def sweep(args: argparse.Namespace) -> dict:
             results = {s: infer_images(t, model, [1, 2, 3], steps) for s, t in targets.items()}
             identical[model] = all(np.array_equal(results["genserve"], r) for r in results.values())
             data = input_data(perf_dir / f"{model}-input.json", steps)
-            for c in args.concurrency:
-                for server in args.servers:  # interleaved: each concurrency on every server in turn
-                    out = perf_dir / f"{server}-{model}-c{c}.csv"
-                    row = perf_analyzer(targets[server], model, c, data, out, args.window_ms, env)
-                    run = to_run(server, model, c, row, out)
-                    runs.append(run)
-                    print(
-                        f"{server:9s} {model:12s} c={c:3d} {run.throughput:8.1f} req/s"
-                        f"  p50 {run.p50_ms:7.2f} ms  p99 {run.p99_ms:7.2f} ms"
-                        f"  queue {run.server_queue_ms:6.2f}  compute {run.server_compute_ms:6.2f}",
-                        flush=True,
-                    )
+            for c, repeat, server in itertools.product(args.concurrency, range(1, args.repeats + 1), args.servers):
+                # interleaved: each measurement of a concurrency on every server in turn
+                out = perf_dir / f"{server}-{model}-c{c}-r{repeat}.csv"
+                row = perf_analyzer(targets[server], model, c, data, out, args.window_ms, env)
+                run = replace(to_run(server, model, c, row, out), repeat=repeat)
+                runs.append(run)
+                print(
+                    f"{server:9s} {model:12s} c={c:3d} #{repeat} {run.throughput:8.1f} req/s"
+                    f"  p50 {run.p50_ms:7.2f} ms  p99 {run.p99_ms:7.2f} ms"
+                    f"  queue {run.server_queue_ms:6.2f}  compute {run.server_compute_ms:6.2f}",
+                    flush=True,
+                )
     finally:
         genserve.stop()
         if triton is not None:
@@ -288,6 +293,7 @@ def sweep(args: argparse.Namespace) -> dict:
             "max_queue_delay_ms": args.max_queue_delay_ms,
             "ddpm_steps": args.ddpm_steps,
             "window_ms": args.window_ms,
+            "repeats": args.repeats,
             "load_generator": "perf_analyzer 2.48.0, gRPC, closed loop, 1 row per request",
         },
         "identical_outputs": identical,
@@ -296,17 +302,33 @@ def sweep(args: argparse.Namespace) -> dict:
     }
 
 
+def medians(runs: list[dict]) -> dict[tuple[str, str, int], dict[str, float]]:
+    """(server, model, concurrency) -> the median throughput and median p99 of its repeats."""
+    groups: dict[tuple[str, str, int], list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["server"], r["model"], r["concurrency"]), []).append(r)
+    return {
+        key: {
+            "throughput": statistics.median(r["throughput"] for r in rows),
+            "p99_ms": statistics.median(r["p99_ms"] for r in rows),
+            "repeats": len(rows),
+        }
+        for key, rows in groups.items()
+    }
+
+
 def ratios(runs: list[Run]) -> dict[str, dict[str, dict[str, float]]]:
-    """genserve / Triton per model and concurrency: throughput (higher is better), p99 (lower)."""
-    by = {(r.server, r.model, r.concurrency): r for r in runs}
+    """genserve / Triton per model and concurrency, on the medians of the repeats: throughput
+    (higher is better), p99 (lower)."""
+    by = medians([asdict(r) for r in runs])
     out: dict[str, dict[str, dict[str, float]]] = {}
     for (server, model, c), g in by.items():
         t = by.get(("triton", model, c))
         if server != "genserve" or t is None:
             continue
         out.setdefault(model, {})[str(c)] = {
-            "throughput_ratio": round(g.throughput / t.throughput, 3),
-            "p99_ratio": round(g.p99_ms / t.p99_ms, 3),
+            "throughput_ratio": round(g["throughput"] / t["throughput"], 3),
+            "p99_ratio": round(g["p99_ms"] / t["p99_ms"], 3),
         }
     return out
 
@@ -317,7 +339,7 @@ def markdown_table(report: dict) -> str:
         "| genserve p99 ms | Triton p99 ms | p99 ratio |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    by = {(r["server"], r["model"], r["concurrency"]): r for r in report["runs"]}
+    by = medians(report["runs"])
     for (server, model, c), g in by.items():
         t = by.get(("triton", model, c))
         if server != "genserve" or t is None:
@@ -334,13 +356,14 @@ def plot(report: dict, path: Path) -> Path:
     models = list(dict.fromkeys(r["model"] for r in report["runs"]))
     with images.saved_figure(path, 2, len(models), figsize=(5 * len(models), 7), squeeze=False) as (fig, axes):
         for j, model in enumerate(models):
+            by = medians(report["runs"])
             for server in SERVERS:
-                rows = [r for r in report["runs"] if r["model"] == model and r["server"] == server]
-                if not rows:
+                points = sorted((c, m) for (s, name, c), m in by.items() if s == server and name == model)
+                if not points:
                     continue
-                c = [r["concurrency"] for r in rows]
-                axes[0][j].plot(c, [r["throughput"] for r in rows], "o-", label=server)
-                axes[1][j].plot(c, [r["p99_ms"] for r in rows], "o-", label=server)
+                c = [p[0] for p in points]
+                axes[0][j].plot(c, [p[1]["throughput"] for p in points], "o-", label=server)
+                axes[1][j].plot(c, [p[1]["p99_ms"] for p in points], "o-", label=server)
             axes[0][j].set_title(f"{model}: throughput")
             axes[0][j].set_ylabel("requests/s")
             axes[1][j].set_title(f"{model}: p99 latency")
@@ -363,6 +386,9 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--max-queue-delay-ms", type=float, default=0.0)
     parser.add_argument("--window-ms", type=int, default=4000, help="perf_analyzer measurement interval")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="measurements per point and server, interleaved; medians are compared"
+    )
     parser.add_argument("--triton-port", type=int, default=18001)
     parser.add_argument("--out", type=Path, default=RESULTS / "vs_triton.json")
     args = parser.parse_args()

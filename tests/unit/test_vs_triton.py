@@ -47,6 +47,24 @@ def test_ratios_and_table_compare_genserve_with_triton_at_each_concurrency():
     assert "| 64 |" not in table
 
 
+def test_repeats_are_compared_by_their_medians():
+    csv = vs_triton.RESULTS / "perf" / "x.csv"
+    runs = [
+        vs_triton.to_run(server, "dcgan-mnist", 16, perf_row(throughput, p99), csv)
+        for server, throughput, p99 in [
+            ("genserve", 900.0, 20000),
+            ("triton", 600.0, 40000),
+            ("genserve", 1500.0, 10000),  # an outlier each way: the medians ignore them
+            ("triton", 200.0, 90000),
+            ("genserve", 960.0, 24000),
+            ("triton", 640.0, 30000),
+        ]
+    ]
+    assert vs_triton.ratios(runs) == {"dcgan-mnist": {"16": {"throughput_ratio": 1.6, "p99_ratio": 0.5}}}
+    table = vs_triton.markdown_table({"runs": [asdict(r) for r in runs], "ratios": vs_triton.ratios(runs)})
+    assert "| dcgan-mnist | 16 | 960.0 | 600.0 | 1.60× | 20.00 | 40.00 | 0.50× |" in table
+
+
 def test_input_data_sends_distinct_seeds_and_the_step_count_only_to_diffusion(tmp_path: Path):
     gan = json.loads(vs_triton.input_data(tmp_path / "gan.json", steps=None, rows=3).read_text())
     ddpm = json.loads(vs_triton.input_data(tmp_path / "ddpm.json", steps=10, rows=3).read_text())
