@@ -22,6 +22,8 @@ Built by ``serving/native/build.sh`` (``make`` runs it); ``available()`` says wh
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
 import inspect
 import logging
 import time
@@ -30,13 +32,16 @@ from typing import Any, NamedTuple
 
 import grpc
 
-try:
-    from genserve.serving.native import _frontend
-except ImportError as exc:  # not built: the server runs on grpcio and says why
-    _frontend = None
-    _IMPORT_ERROR = str(exc)
+# Not built, or built against a gRPC C++ that is gone: the server runs on grpcio and says why.
+_frontend: Any = None
+if importlib.util.find_spec(f"{__name__}._frontend") is None:
+    _IMPORT_ERROR = "no _frontend extension module in serving/native/"
 else:
-    _IMPORT_ERROR = ""
+    try:
+        _frontend = importlib.import_module(f"{__name__}._frontend")
+        _IMPORT_ERROR = ""
+    except ImportError as exc:
+        _IMPORT_ERROR = f"its extension module does not load: {exc}"
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +58,7 @@ def grpc_version() -> str:
 
 def unavailable_reason() -> str:
     """Why ``available()`` is False, with the command that fixes it."""
-    return f"the compiled transport is not built ({_IMPORT_ERROR}); build it with `{BUILD_COMMAND}`"
+    return f"the compiled transport is unavailable ({_IMPORT_ERROR}); build it with `{BUILD_COMMAND}`"
 
 
 class _CallDetails(NamedTuple):  # grpc.HandlerCallDetails, for generic handlers
