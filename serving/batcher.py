@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from genserve.serving.batching import HIGHEST_PRIORITY, BatchPolicy, Pending, Take, next_batch
+from genserve.serving.batching import HIGHEST_PRIORITY, BatchPolicy, Pending, Take, expired_ids, next_batch
 from genserve.serving.errors import DeadlineExceeded, InternalError, InvalidArgument, Overloaded, ServingError
 from genserve.serving.metrics import Metrics, ModelMetrics
 
@@ -129,7 +129,6 @@ class DynamicBatcher:
         self._computes = list(computes)
         self._executor = executor
         self._metrics = metrics or Metrics().for_model(name)
-        self._metrics.track(lambda: self._pending, lambda: len(self._queue))
         self._clock = clock
         self._ids = itertools.count()
         self._queue: dict[int, _Entry] = {}  # requests with units not yet started, in arrival order
@@ -138,6 +137,7 @@ class DynamicBatcher:
         self._free: list[int] = []  # engine instances not running a batch
         self._loop_task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
+        self._metrics.track(self)  # the pending and queued gauges read the two properties below
 
     @property
     def pending(self) -> int:
@@ -210,7 +210,7 @@ class DynamicBatcher:
                 expired = decision.expired
             else:  # no batch can start: only deadlines to enforce (planning a batch would be in vain)
                 decision = None
-                expired = [e.id for e in self._queue.values() if e.deadline is not None and e.deadline <= now]
+                expired = expired_ids(self._queue.values(), now)
             for entry_id in expired:
                 self._expire(self._queue.pop(entry_id), now)
             if decision is not None and decision.batch:

@@ -11,8 +11,9 @@ parts of several requests.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 HIGHEST_PRIORITY = 1  # Triton's convention: level 1 runs first, larger numbers later
 
@@ -73,9 +74,24 @@ class Decision:
         return sum(t.units for t in self.batch)
 
 
+class Queued(Protocol):
+    """What deciding expiry needs of a queued request (a ``Pending``, or the schedulers' entries)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def deadline(self) -> float | None: ...
+
+
+def expired_ids(queue: Iterable[Queued], now: float) -> tuple[int, ...]:
+    """The requests whose deadline has passed at ``now``: fail them, never compute them."""
+    return tuple(p.id for p in queue if p.deadline is not None and p.deadline <= now)
+
+
 def next_batch(queue: Sequence[Pending], policy: BatchPolicy, now: float) -> Decision:
     """The next batch to run on a free engine instance, given the queue at time ``now``."""
-    expired = tuple(p.id for p in queue if p.deadline is not None and p.deadline <= now)
+    expired = expired_ids(queue, now)
     live = [p for p in queue if p.units > 0 and (p.deadline is None or p.deadline > now)]
     if not live:
         return Decision(expired=expired)

@@ -146,7 +146,7 @@ class DiffusionScheduler:
         self._cancelled: set[int] = set()  # running requests whose callers left
         self._ids = itertools.count()
         self._pending = 0
-        self._metrics.track(lambda: self._pending, lambda: len(self._waiting))
+        self._metrics.track(self)
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
 

@@ -7,8 +7,8 @@ Each server owns its registry, so several in-process servers (tests) never share
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
@@ -39,6 +39,16 @@ class Totals:
     inference_count: int = 0
 
 
+class Counts(Protocol):
+    """A scheduler's requests accepted and not finished, and those still waiting to start."""
+
+    @property
+    def pending(self) -> int: ...
+
+    @property
+    def queued(self) -> int: ...
+
+
 @dataclass
 class ModelMetrics:
     """The instruments of one model, with its label already applied; schedulers report through
@@ -53,11 +63,11 @@ class ModelMetrics:
     queued: Gauge
     totals: Totals
 
-    def track(self, pending: Callable[[], float], queued: Callable[[], float]) -> None:
+    def track(self, scheduler: Counts) -> None:
         """Read the pending and queued gauges from the model's scheduler when scraped, instead of
         updating them on every request (four locked updates per call on the event loop)."""
-        self.pending.set_function(pending)
-        self.queued.set_function(queued)
+        self.pending.set_function(lambda: scheduler.pending)
+        self.queued.set_function(lambda: scheduler.queued)
 
     def observe_queue(self, seconds: float) -> None:
         """A request's first unit started after waiting ``seconds``."""

@@ -16,7 +16,7 @@ import enum
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from genserve.serving.batching import BatchPolicy, Pending, Take, next_batch
+from genserve.serving.batching import BatchPolicy, Pending, Take, expired_ids, next_batch
 
 
 class JoinPolicy(enum.Enum):
@@ -64,7 +64,7 @@ def plan_iteration(
     free = max_active_slots - remaining
 
     live = [p for p in waiting if p.id not in cancelled]
-    expired_waiting = tuple(p.id for p in live if p.deadline is not None and p.deadline <= now)
+    expired_waiting = expired_ids(live, now)
     joins: tuple[Take, ...] = ()
     if free > 0 and not (join is JoinPolicy.REQUEST and remaining > 0):
         joins = next_batch(live, BatchPolicy(free, 0.0), now).batch
