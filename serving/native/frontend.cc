@@ -191,18 +191,18 @@ class Call final : public grpc::ServerGenericBidiReactor {
     StartRead(&read_buf_);
   }
 
-  bool write(std::string bytes) {
+  // A message after the ones queued so far; dropped once the call is finishing or the client gone.
+  void write(std::string bytes) {
     std::unique_lock<std::mutex> lock(mu_);
-    if (finish_requested_ || broken_) return false;
+    if (finish_requested_ || broken_) return;
     if (writing_) {
       writes_.push_back(std::move(bytes));
-      return true;
+      return;
     }
     writing_ = true;
     write_buf_ = to_buffer(bytes);
     lock.unlock();
     StartWrite(&write_buf_);
-    return true;
   }
 
   // The call's status, after the writes queued so far (and `last`, if given, sent with it).
@@ -358,11 +358,6 @@ class Server final : public grpc::CallbackGenericService {
   int fd() const { return hub_.fd(); }
   Hub& hub() { return hub_; }
 
-  size_t active() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return calls_.size();
-  }
-
   // Refuse new calls; calls in flight get `grace` seconds, then are cancelled. Blocks until every
   // call has ended, so the event loop must keep answering meanwhile (call it from another thread).
   void shutdown(double grace) {
@@ -422,7 +417,6 @@ PYBIND11_MODULE(_frontend, m) {
            py::arg("max_receive"), py::arg("max_send"), py::arg("streaming_requests"))
       .def_property_readonly("port", &Server::port)
       .def_property_readonly("fd", &Server::fd)
-      .def("active", &Server::active)
       .def("take_events", &take_events)
       .def("read",
            [](Server& s, uint64_t id) {
