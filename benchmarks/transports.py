@@ -13,18 +13,31 @@ Only the transport differs: the handlers, batcher and engine are the same code.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
-import statistics
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 from benchmarks.serverproc import start_server
-from benchmarks.vs_triton import RESULTS, input_data, pause_trainings, perf_analyzer, to_run, tools_env
+from benchmarks.vs_triton import RESULTS, input_data, measure, medians, pause_trainings, tools_env
 
 TRANSPORTS = ("native", "grpcio")
+
+
+def compare(by: dict, model: str, concurrency: int) -> dict[str, float]:
+    """native against grpcio at one concurrency, from ``vs_triton.medians`` of the runs."""
+    native, grpcio = by[("native", model, concurrency)], by[("grpcio", model, concurrency)]
+    return {
+        "native_req_s": round(native["throughput"], 1),
+        "grpcio_req_s": round(grpcio["throughput"], 1),
+        "throughput_ratio": round(native["throughput"] / grpcio["throughput"], 3),
+        "native_p99_ms": round(native["p99_ms"], 2),
+        "grpcio_p99_ms": round(grpcio["p99_ms"], 2),
+        "p99_ratio": round(native["p99_ms"] / grpcio["p99_ms"], 3),
+    }
 
 
 def main() -> None:
@@ -47,36 +60,18 @@ def main() -> None:
             servers[transport] = start_server(*batching, "--frontend", transport)
         with tempfile.TemporaryDirectory() as tmp:
             data = input_data(Path(tmp) / "input.json", steps=None)
-            for c in args.concurrency:
-                for repeat in range(args.repeats):
-                    for transport in TRANSPORTS:
-                        out = perf_dir / f"transport-{transport}-{args.model}-c{c}-r{repeat + 1}.csv"
-                        row = perf_analyzer(servers[transport].target, args.model, c, data, out, args.window_ms, env)
-                        run = to_run(transport, args.model, c, row, out)
-                        runs.append(run)
-                        print(
-                            f"{transport:7s} {args.model} c={c:3d} #{repeat + 1} {run.throughput:8.1f} req/s"
-                            f"  p50 {run.p50_ms:7.2f} ms  p99 {run.p99_ms:7.2f} ms",
-                            flush=True,
-                        )
+            for c, repeat, transport in itertools.product(args.concurrency, range(1, args.repeats + 1), TRANSPORTS):
+                out = perf_dir / f"transport-{transport}-{args.model}-c{c}-r{repeat}.csv"
+                target = servers[transport].target
+                runs.append(measure(transport, target, args.model, c, repeat, data, out, args.window_ms, env))
     finally:
         for server in servers.values():
             server.stop()
         if paused:
             pause_trainings(False)
-    summary = {}
+    by = medians([asdict(r) for r in runs])
+    summary = {str(c): compare(by, args.model, c) for c in args.concurrency}
     for c in args.concurrency:
-        by = {t: [r for r in runs if r.server == t and r.concurrency == c] for t in TRANSPORTS}
-        thr = {t: statistics.median(r.throughput for r in rs) for t, rs in by.items()}
-        p99 = {t: statistics.median(r.p99_ms for r in rs) for t, rs in by.items()}
-        summary[str(c)] = {
-            "native_req_s": round(thr["native"], 1),
-            "grpcio_req_s": round(thr["grpcio"], 1),
-            "throughput_ratio": round(thr["native"] / thr["grpcio"], 3),
-            "native_p99_ms": round(p99["native"], 2),
-            "grpcio_p99_ms": round(p99["grpcio"], 2),
-            "p99_ratio": round(p99["native"] / p99["grpcio"], 3),
-        }
         print(
             f"c={c}: native/grpcio throughput {summary[str(c)]['throughput_ratio']:.2f}x, p99 "
             f"{summary[str(c)]['p99_ratio']:.2f}x (medians of {args.repeats})"

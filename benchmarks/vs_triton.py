@@ -207,6 +207,29 @@ def perf_analyzer(
         return {**next(csv.DictReader(f)), "window_ms": str(window_ms)}
 
 
+def measure(
+    server: str,
+    target: str,
+    model: str,
+    concurrency: int,
+    repeat: int,
+    data: Path,
+    out: Path,
+    window_ms: int,
+    env: dict,
+) -> Run:
+    """Measurement ``repeat`` of ``server`` (at ``target``) by perf_analyzer, printed as it lands."""
+    row = perf_analyzer(target, model, concurrency, data, out, window_ms, env)
+    run = replace(to_run(server, model, concurrency, row, out), repeat=repeat)
+    print(
+        f"{server:9s} {model:12s} c={concurrency:3d} #{repeat} {run.throughput:8.1f} req/s"
+        f"  p50 {run.p50_ms:7.2f} ms  p99 {run.p99_ms:7.2f} ms"
+        f"  queue {run.server_queue_ms:6.2f}  compute {run.server_compute_ms:6.2f}",
+        flush=True,
+    )
+    return run
+
+
 def to_run(server: str, model: str, concurrency: int, row: dict[str, str], csv_path: Path) -> Run:
     us = 1e-3
 
@@ -272,15 +295,7 @@ def sweep(args: argparse.Namespace) -> dict:
             for c, repeat, server in itertools.product(args.concurrency, range(1, args.repeats + 1), args.servers):
                 # interleaved: each measurement of a concurrency on every server in turn
                 out = perf_dir / f"{server}-{model}-c{c}-r{repeat}.csv"
-                row = perf_analyzer(targets[server], model, c, data, out, args.window_ms, env)
-                run = replace(to_run(server, model, c, row, out), repeat=repeat)
-                runs.append(run)
-                print(
-                    f"{server:9s} {model:12s} c={c:3d} #{repeat} {run.throughput:8.1f} req/s"
-                    f"  p50 {run.p50_ms:7.2f} ms  p99 {run.p99_ms:7.2f} ms"
-                    f"  queue {run.server_queue_ms:6.2f}  compute {run.server_compute_ms:6.2f}",
-                    flush=True,
-                )
+                runs.append(measure(server, targets[server], model, c, repeat, data, out, args.window_ms, env))
     finally:
         genserve.stop()
         if triton is not None:
@@ -355,8 +370,8 @@ def markdown_table(report: dict) -> str:
 def plot(report: dict, path: Path) -> Path:
     models = list(dict.fromkeys(r["model"] for r in report["runs"]))
     with images.saved_figure(path, 2, len(models), figsize=(5 * len(models), 7), squeeze=False) as (fig, axes):
+        by = medians(report["runs"])
         for j, model in enumerate(models):
-            by = medians(report["runs"])
             for server in SERVERS:
                 points = sorted((c, m) for (s, name, c), m in by.items() if s == server and name == model)
                 if not points:
