@@ -78,6 +78,7 @@ from tritonclient.grpc import service_pb2_grpc
 from genserve.serving.config import ServerConfig
 from genserve.serving.domain import GenerateRequest, ModelInfo, Request, TranslateRequest
 from genserve.serving.errors import InvalidArgument, NotFound, ServingError
+from genserve.serving.interceptors import Admission
 from genserve.serving.metrics import Metrics, Totals
 from genserve.serving.scheduler import ModelScheduler
 from genserve.serving.servicer import ModelRegistry
@@ -425,10 +426,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     """KServe v2 on genserve's registry: the RPCs of the module docstring; every other RPC is the
     generated base class's UNIMPLEMENTED."""
 
-    def __init__(self, registry: ModelRegistry, config: ServerConfig, metrics: Metrics):
+    WORK_METHODS = ("ModelInfer", "ModelStreamInfer")  # the RPCs that run models (``Admission``)
+
+    def __init__(self, registry: ModelRegistry, config: ServerConfig, metrics: Metrics, admission: Admission):
         self._registry = registry
         self._config = config
         self._metrics = metrics
+        self._admission = admission  # closed while the server drains: not ready, no new requests
         self._stats: dict[str, InferStats] = {}
 
     def _infos(self) -> dict[str, ModelInfo]:
@@ -449,12 +453,18 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request, context: grpc.aio.ServicerContext):
-        return pb.ServerReadyResponse(ready=self._registry.loaded)
+        """Ready once every model is loaded, until the server starts draining."""
+        return pb.ServerReadyResponse(ready=self._registry.loaded and self._admission.open)
 
     async def ModelReady(self, request, context: grpc.aio.ServicerContext):
         """Triton's answer: false, not an error, for a model that is not served (yet) or another version."""
         info = self._infos().get(request.name)
-        ready = info is not None and self._registry.loaded and request.version in ("", info.version)
+        ready = (
+            info is not None
+            and self._registry.loaded
+            and self._admission.open
+            and request.version in ("", info.version)
+        )
         return pb.ModelReadyResponse(ready=ready)
 
     async def ServerMetadata(self, request, context: grpc.aio.ServicerContext):
@@ -499,6 +509,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         async def answer(request) -> None:
             try:
+                self._admission.check()  # the stream's later requests are refused while the server drains
                 response = pb.ModelStreamInferResponse(infer_response=await self._infer(request, deadline))
             except ServingError as exc:
                 failed = pb.ModelInferResponse(id=request.id, model_name=request.model_name)

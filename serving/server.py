@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import logging
 import signal
+import time
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -20,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from genserve.serving import convert, kserve, native
 from genserve.serving.config import ConfigError, ServerConfig
-from genserve.serving.interceptors import with_error_statuses
+from genserve.serving.interceptors import Admission, with_error_statuses
 from genserve.serving.metrics import Metrics
 from genserve.serving.pb import genserve_pb2_grpc
 from genserve.serving.runner import ModelRunner, load_repository
@@ -47,6 +48,7 @@ class GenserveServer:
         self.metrics = Metrics()
         self.registry = ModelRegistry()
         self.health = health.aio.HealthServicer()
+        self.admission = Admission()  # the calls that run models: counted, and refused once draining
         # Engine calls, model loading and PNG encoding; concurrency is bounded by the per-model schedulers.
         self._executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="genserve-worker")
         self._server: grpc.aio.Server | None = None
@@ -56,10 +58,12 @@ class GenserveServer:
         server = self._new_server()
         generation = GenerationServicer(self.registry, self._executor, self.metrics)
         genserve_pb2_grpc.add_GenerationServiceServicer_to_server(
-            with_error_statuses(generation, convert.SERVICE_DESCRIPTOR), server
+            with_error_statuses(generation, convert.SERVICE_DESCRIPTOR, self.admission, generation.WORK_METHODS), server
         )
-        inference = kserve.InferenceServicer(self.registry, self.config, self.metrics)
-        kserve.add_to_server(with_error_statuses(inference, kserve.SERVICE_DESCRIPTOR), server)
+        inference = kserve.InferenceServicer(self.registry, self.config, self.metrics, self.admission)
+        kserve.add_to_server(
+            with_error_statuses(inference, kserve.SERVICE_DESCRIPTOR, self.admission, inference.WORK_METHODS), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [convert.SERVICE_NAME, kserve.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
@@ -129,12 +133,22 @@ class GenserveServer:
         log.info("serving %d models: %s", len(runners), ", ".join(sorted(runners)))
 
     async def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING, refuse new calls, give calls in flight ``grace`` seconds, then cancel them."""
+        """NOT_SERVING, refuse new calls, give calls in flight ``grace`` seconds, then cancel them.
+
+        New calls are refused in-process (``Admission``: UNAVAILABLE, which clients retry) while the
+        calls in flight finish, and the transport stops after them: a call that raced gRPC core's
+        own shutdown would be cancelled (CANCELLED, which they do not retry)."""
         grace = self.config.grace_period if grace is None else grace
+        end = time.monotonic() + grace
+        self.admission.close()
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
-            log.info("draining: calls in flight have %.1f s to finish", grace)
-            await self._server.stop(grace)
+            log.info("draining: %d model calls in flight, %.1f s to finish", self.admission.in_flight, grace)
+            if await self.admission.wait_idle(grace):
+                log.info("drained: no call in flight")
+            else:
+                log.warning("grace period over: cancelling %d calls in flight", self.admission.in_flight)
+            await self._server.stop(max(0.0, end - time.monotonic()))  # what else is open: health watches, reflection
             log.info("stopped")
         for scheduler in self.registry.schedulers().values():
             await scheduler.close()

@@ -82,6 +82,8 @@ class ModelRegistry:
 
 
 class GenerationServicer(genserve_pb2_grpc.GenerationServiceServicer):
+    WORK_METHODS = ("Generate", "GenerateStream", "Translate")  # the RPCs that run models (``Admission``)
+
     def __init__(self, registry: ModelRegistry, executor: concurrent.futures.Executor, metrics: Metrics):
         self._registry = registry
         self._executor = executor  # for response encoding (PNG), which is CPU work too

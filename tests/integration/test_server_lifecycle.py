@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import shutil
 import signal
 import threading
@@ -9,7 +10,9 @@ import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
+import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2_grpc
 
 from genserve.client import GenserveClient
@@ -41,6 +44,12 @@ class CallInThread:
         return self._outcome["images"]
 
 
+def _seed_input(seed: int) -> triton.InferInput:
+    tensor = triton.InferInput("SEED", [1, 1], "INT64")
+    tensor.set_data_from_numpy(np.array([[seed]], dtype=np.int64))
+    return tensor
+
+
 def _wait_for_metric(server, line: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -60,6 +69,12 @@ def test_sigterm_reports_not_serving_refuses_new_calls_and_lets_running_and_queu
         watch = health_pb2_grpc.HealthStub(channel).Watch(convert.health_check_request(""), timeout=60)
         assert convert.health_status_name(next(watch)) == "SERVING"
 
+        stream_client = triton.InferenceServerClient(server.target)
+        answers: queue.Queue = queue.Queue()
+        stream_client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        stream_client.async_stream_infer("dcgan-tiny", [_seed_input(1)], request_id="before")
+        assert answers.get(timeout=60)[1] is None
+
         call = CallInThread(server.target, model=DDPM, num_images=2, seed=3, steps=500)
         server.wait_for_line(rf"model={DDPM} running batch")
         queued = CallInThread(server.target, model=DDPM, num_images=1, seed=4, steps=100)  # waits for the first
@@ -70,9 +85,20 @@ def test_sigterm_reports_not_serving_refuses_new_calls_and_lets_running_and_queu
         assert convert.health_status_name(next(watch)) == "NOT_SERVING"
         watch.cancel()  # a watch is a call in flight too: it would hold the drain to the end of the grace period
         server.wait_for_line("draining")
+        # Refused by the server itself, while the port stays open for the calls in flight: a status
+        # clients retry elsewhere, not a call cancelled by gRPC core's shutdown.
         with GenserveClient(server.target, timeout=30) as late, pytest.raises(grpc.RpcError) as refused:
             late.generate("dcgan-tiny", 1)
         assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" in refused.value.details()
+        with triton.InferenceServerClient(server.target) as kserve:
+            assert kserve.is_server_live() and not kserve.is_server_ready()
+            assert not kserve.is_model_ready("dcgan-tiny")
+        stream_client.async_stream_infer("dcgan-tiny", [_seed_input(2)], request_id="after")
+        result, error = answers.get(timeout=60)
+        assert result is None and "shutting down" in error.message()  # an open stream takes no new work either
+        stream_client.stop_stream()  # an open stream is a call in flight: it would hold the drain
+        stream_client.close()
 
         code = server.wait(timeout=grace)
     assert code == 0, server.log
