@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from genserve.serving.batching import HIGHEST_PRIORITY, BatchPolicy, Pending, Take, expired_ids, next_batch
+from genserve.serving.batching import HIGHEST_PRIORITY, BatchPolicy, Pending, Take, deadlines_only, next_batch
 from genserve.serving.errors import DeadlineExceeded, InternalError, InvalidArgument, Overloaded, ServingError
 from genserve.serving.metrics import Metrics, ModelMetrics
 
@@ -207,23 +207,17 @@ class DynamicBatcher:
             now = self._clock()
             if self._free:
                 decision = next_batch([e.pending() for e in self._queue.values()], self.policy, now)
-                expired = decision.expired
-            else:  # no batch can start: only deadlines to enforce (planning a batch would be in vain)
-                decision = None
-                expired = expired_ids(self._queue.values(), now)
-            for entry_id in expired:
+            else:
+                decision = deadlines_only(self._queue.values(), now)
+            for entry_id in decision.expired:
                 self._expire(self._queue.pop(entry_id), now)
-            if decision is not None and decision.batch:
+            if decision.batch:
                 instance = self._free.pop()
                 task = asyncio.create_task(self._run(instance, self._take(decision.batch, now)))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
                 continue
-            if decision is not None:
-                wake_at = decision.wake_at
-            else:
-                wake_at = min((e.deadline for e in self._queue.values() if e.deadline is not None), default=None)
-            timeout = None if wake_at is None else max(0.0, wake_at - now)
+            timeout = None if decision.wake_at is None else max(0.0, decision.wake_at - now)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 

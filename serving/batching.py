@@ -89,6 +89,14 @@ def expired_ids(queue: Iterable[Queued], now: float) -> tuple[int, ...]:
     return tuple(p.id for p in queue if p.deadline is not None and p.deadline <= now)
 
 
+def deadlines_only(queue: Iterable[Queued], now: float) -> Decision:
+    """The decision while no engine instance is free: no batch (planning one would be in vain),
+    only the expired requests, and a wake-up at the earliest deadline still ahead."""
+    queue = list(queue)
+    ahead = [p.deadline for p in queue if p.deadline is not None and p.deadline > now]
+    return Decision(expired=expired_ids(queue, now), wake_at=min(ahead, default=None))
+
+
 def next_batch(queue: Sequence[Pending], policy: BatchPolicy, now: float) -> Decision:
     """The next batch to run on a free engine instance, given the queue at time ``now``."""
     expired = expired_ids(queue, now)

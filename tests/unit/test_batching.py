@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from genserve.serving.batching import BatchPolicy, Pending, Take, next_batch
+from genserve.serving.batching import BatchPolicy, Pending, Take, deadlines_only, next_batch
 
 DELAY = 0.002
 
@@ -87,6 +87,19 @@ def test_the_wait_ends_early_at_a_deadline_before_the_delay():
     decision = next_batch(queue, policy(delay=0.010), now=0.0)
     assert decision.batch == ()
     assert decision.wake_at == pytest.approx(0.001)
+
+
+def test_with_every_instance_busy_only_deadlines_are_enforced_and_the_next_one_wakes_the_loop():
+    queue = [
+        Pending(0, 4, arrival=0.0, deadline=1.0),
+        Pending(1, 64, arrival=0.0),  # a full batch, but no instance to run it
+        Pending(2, 1, arrival=0.5, deadline=3.0),
+        Pending(3, 1, arrival=0.5, deadline=2.0),
+    ]
+    decision = deadlines_only(queue, now=1.0)
+    assert decision.expired == (0,) and decision.batch == ()
+    assert decision.wake_at == 2.0
+    assert deadlines_only([Pending(0, 1, arrival=0.0)], now=1.0).wake_at is None  # arrivals or a freed instance
 
 
 def test_higher_priority_requests_go_first_even_when_they_arrived_later():
