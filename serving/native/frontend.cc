@@ -120,13 +120,9 @@ class Sender {
   }
 
   void post(std::function<void()> op) {
-    bool wake;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      wake = ops_.empty();
-      ops_.push_back(std::move(op));
-    }
-    if (wake) cv_.notify_one();
+    std::vector<std::function<void()>> one;
+    one.push_back(std::move(op));
+    post_all(one);
   }
 
   void post_all(std::vector<std::function<void()>>& ops) {
