@@ -22,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from benchmarks.serverproc import start_server
-from benchmarks.vs_triton import RESULTS, input_data, measure, medians, pause_trainings, tools_env
+from benchmarks.vs_triton import RESULTS, input_data, measure, medians, pause_trainings, ratio, tools_env
 
 TRANSPORTS = ("native", "grpcio")
 
@@ -30,13 +30,14 @@ TRANSPORTS = ("native", "grpcio")
 def compare(by: dict, model: str, concurrency: int) -> dict[str, float]:
     """native against grpcio at one concurrency, from ``vs_triton.medians`` of the runs."""
     native, grpcio = by[("native", model, concurrency)], by[("grpcio", model, concurrency)]
+    ratios = ratio(native, grpcio)
     return {
         "native_req_s": round(native["throughput"], 1),
         "grpcio_req_s": round(grpcio["throughput"], 1),
-        "throughput_ratio": round(native["throughput"] / grpcio["throughput"], 3),
+        "throughput_ratio": ratios["throughput_ratio"],
         "native_p99_ms": round(native["p99_ms"], 2),
         "grpcio_p99_ms": round(grpcio["p99_ms"], 2),
-        "p99_ratio": round(native["p99_ms"] / grpcio["p99_ms"], 3),
+        "p99_ratio": ratios["p99_ratio"],
     }
 
 

@@ -341,11 +341,16 @@ def ratios(runs: list[Run]) -> dict[str, dict[str, dict[str, float]]]:
         t = by.get(("triton", model, c))
         if server != "genserve" or t is None:
             continue
-        out.setdefault(model, {})[str(c)] = {
-            "throughput_ratio": round(g["throughput"] / t["throughput"], 3),
-            "p99_ratio": round(g["p99_ms"] / t["p99_ms"], 3),
-        }
+        out.setdefault(model, {})[str(c)] = ratio(g, t)
     return out
+
+
+def ratio(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    """``a`` against ``b``, two entries of ``medians``: throughput (higher is better), p99 (lower)."""
+    return {
+        "throughput_ratio": round(a["throughput"] / b["throughput"], 3),
+        "p99_ratio": round(a["p99_ms"] / b["p99_ms"], 3),
+    }
 
 
 def markdown_table(report: dict) -> str:
@@ -359,10 +364,10 @@ def markdown_table(report: dict) -> str:
         t = by.get(("triton", model, c))
         if server != "genserve" or t is None:
             continue
-        ratio = report["ratios"][model][str(c)]
+        pair = report["ratios"][model][str(c)]
         lines.append(
-            f"| {model} | {c} | {g['throughput']:.1f} | {t['throughput']:.1f} | {ratio['throughput_ratio']:.2f}× "
-            f"| {g['p99_ms']:.2f} | {t['p99_ms']:.2f} | {ratio['p99_ratio']:.2f}× |"
+            f"| {model} | {c} | {g['throughput']:.1f} | {t['throughput']:.1f} | {pair['throughput_ratio']:.2f}× "
+            f"| {g['p99_ms']:.2f} | {t['p99_ms']:.2f} | {pair['p99_ratio']:.2f}× |"
         )
     return "\n".join(lines) + "\n"
 
