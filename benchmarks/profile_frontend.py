@@ -27,6 +27,7 @@ from pathlib import Path
 
 from benchmarks.serverproc import start_server
 from benchmarks.vs_triton import PERF_ANALYZER, RESULTS, input_data, tools_env
+from genserve.serving.config import FRONTENDS
 
 # Innermost matching frame decides; our own files first, so a handler that calls into grpc is ours.
 OURS = (
@@ -75,7 +76,7 @@ def summarize(collapsed: str, rate: int, seconds: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="dcgan-mnist")
-    parser.add_argument("--frontend", default="auto", choices=["auto", "native", "grpcio"], help="gRPC transport")
+    parser.add_argument("--frontend", default="auto", choices=FRONTENDS, help="gRPC transport")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=int, default=10, help="py-spy sampling time (whole seconds)")
     parser.add_argument("--rate", type=int, default=300, help="py-spy samples per second")

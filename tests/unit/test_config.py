@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from genserve.serving.config import ConfigError, ModelSettings, load_config
+from genserve.serving.config import FRONTENDS, ConfigError, ModelSettings, load_config
 from genserve.serving.engines import Backend
 
 GOOD = """
@@ -124,3 +124,12 @@ def test_the_example_config_in_the_repository_is_valid():
     assert config.models_dir == (path.parent.parent / "models").resolve()
     assert config.settings_for("dcgan-mnist").max_batch_size == 64
     assert config.settings_for("ddpm-mnist").queue_policy().default_timeout == 600.0
+
+
+def test_the_cli_offers_exactly_the_transports_the_config_accepts():
+    # genserve's parser spells them out: importing serving.config there would slow every command.
+    from genserve.cli import build_parser
+
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]
+    (frontend,) = [a for a in serve._actions if "--frontend" in a.option_strings]
+    assert tuple(frontend.choices) == FRONTENDS
