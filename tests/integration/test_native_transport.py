@@ -88,9 +88,9 @@ def test_a_burst_of_concurrent_calls_is_answered_in_full_and_in_kind(server: Ser
 
 
 def test_a_client_cancel_frees_the_model_and_the_server_goes_on(server: ServerProcess):
-    rows = 32
     """A cancelled diffusion call (32 images x 1000 steps: half a minute of work here) leaves its
     model at the next step: its 32 pending rows drop to 0 within seconds, and the model serves again."""
+    rows = 32
     request = pb.ModelInferRequest(
         model_name=DDPM,
         inputs=[

@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2_grpc
 
 from genserve.client import GenserveClient
 from genserve.serving import convert
+from tests.integration.test_kserve import seed_input
 
 DDPM = "ddpm-tiny"
 
@@ -44,12 +44,6 @@ class CallInThread:
         return self._outcome["images"]
 
 
-def _seed_input(seed: int) -> triton.InferInput:
-    tensor = triton.InferInput("SEED", [1, 1], "INT64")
-    tensor.set_data_from_numpy(np.array([[seed]], dtype=np.int64))
-    return tensor
-
-
 def _wait_for_metric(server, line: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -72,7 +66,7 @@ def test_sigterm_reports_not_serving_refuses_new_calls_and_lets_running_and_queu
         stream_client = triton.InferenceServerClient(server.target)
         answers: queue.Queue = queue.Queue()
         stream_client.start_stream(callback=lambda result, error: answers.put((result, error)))
-        stream_client.async_stream_infer("dcgan-tiny", [_seed_input(1)], request_id="before")
+        stream_client.async_stream_infer("dcgan-tiny", [seed_input([1])], request_id="before")
         assert answers.get(timeout=60)[1] is None
 
         call = CallInThread(server.target, model=DDPM, num_images=2, seed=3, steps=500)
@@ -94,7 +88,7 @@ def test_sigterm_reports_not_serving_refuses_new_calls_and_lets_running_and_queu
         with triton.InferenceServerClient(server.target) as kserve:
             assert kserve.is_server_live() and not kserve.is_server_ready()
             assert not kserve.is_model_ready("dcgan-tiny")
-        stream_client.async_stream_infer("dcgan-tiny", [_seed_input(2)], request_id="after")
+        stream_client.async_stream_infer("dcgan-tiny", [seed_input([2])], request_id="after")
         result, error = answers.get(timeout=60)
         assert result is None and "shutting down" in error.message()  # an open stream takes no new work either
         stream_client.stop_stream()  # an open stream is a call in flight: it would hold the drain
