@@ -220,9 +220,9 @@ def _eval_task(args: argparse.Namespace, folder: Path) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    # Serving needs no torch (unless --backend torch, which imports it when the models load).
+    # Serving needs no torch (unless --backend torch or cuda, which import it when the models load).
     from genserve.serving.config import ConfigError, load_config
-    from genserve.serving.engines import Backend
+    from genserve.serving.engines import Backend, Precision
     from genserve.serving.server import StartupError, run
 
     logging.getLogger("grpc").setLevel(logging.INFO)  # its DEBUG lines (one per call) drown ours under -v
@@ -234,6 +234,16 @@ def _serve(args: argparse.Namespace) -> int:
         "frontend": args.frontend,
         "grace_period": args.grace_period,
         "metrics_port": args.metrics_port,
+        "engine": {
+            key: value
+            for key, value in (
+                ("precision", Precision(args.precision) if args.precision else None),
+                ("cuda_graphs", None if args.cuda_graphs is None else args.cuda_graphs == "on"),
+                ("compile", args.compile or None),
+                ("device", args.device),
+            )
+            if value is not None
+        },
     }
     model_overrides = {
         "max_batch_size": args.max_batch_size,
@@ -490,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=Path, help=f"model repository to write (default {DEFAULT_MODELS})")
     p.add_argument("--max-batch-size", type=int, default=64, help="engine batch limit recorded in the manifest")
     p.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine (needs tensorrt + a GPU)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="TensorRT precision")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "fp16", "bf16"], help="TensorRT precision")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("eval", help="judge a model's samples with the evaluation classifier (FID, confidence)")
@@ -517,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_eval)
 
     from genserve.schedule import Sampler
-    from genserve.serving.engines import Backend
+    from genserve.serving.engines import Backend, Precision
 
     p = sub.add_parser("serve", help="serve the model folders over gRPC until SIGTERM/SIGINT")
     p.add_argument("--config", type=Path, help="server config file (TOML; see serving/config.py and the README)")
@@ -525,6 +535,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port to bind; 0 = any free port (default 50051)")
     p.add_argument("--models", type=Path, help=f"model repository (default {DEFAULT_MODELS})")
     p.add_argument("--backend", choices=[b.value for b in Backend], help="engine backend (default onnxruntime)")
+    engines = p.add_argument_group("engines (cuda, torch, tensorrt backends)")
+    engines.add_argument(
+        "--precision",
+        choices=[x.value for x in Precision],
+        help="arithmetic of every model's engine (default fp32; a model's own `precision` setting wins)",
+    )
+    engines.add_argument(
+        "--cuda-graphs", choices=["on", "off"], help="cuda: capture a CUDA graph per batch bucket at load (default on)"
+    )
+    engines.add_argument("--compile", action="store_true", help="torch/cuda: torch.compile the networks before capture")
+    engines.add_argument("--device", help="torch/cuda: the torch device (default cuda, or cpu for torch)")
     p.add_argument(
         "--frontend",
         choices=["auto", "native", "grpcio"],

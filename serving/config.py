@@ -4,7 +4,10 @@
     models = "models"          # model repository (relative to the file)
     host = "0.0.0.0"
     port = 50051
-    backend = "onnxruntime"    # onnxruntime | torch | tensorrt
+    backend = "onnxruntime"    # onnxruntime | torch | cuda | tensorrt
+    precision = "fp32"         # fp32 | tf32 | bf16 | fp16 (cuda and tensorrt; also per model)
+    cuda_graphs = true         # cuda: a CUDA graph per batch bucket, captured at load
+    compile = false            # torch, cuda: torch.compile before capture
     frontend = "auto"          # gRPC transport: auto (native if built) | native | grpcio
     grace_period_s = 10
     metrics_port = 9090        # Prometheus /metrics; absent = off
@@ -34,7 +37,7 @@ from typing import Any
 from genserve.serving.batcher import QueuePolicy
 from genserve.serving.batching import BatchPolicy
 from genserve.serving.convert import MAX_MESSAGE_BYTES
-from genserve.serving.engines import Backend
+from genserve.serving.engines import Backend, EngineOptions, Precision
 
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 50051
@@ -64,6 +67,7 @@ class ModelSettings:
     instances: int = 1  # engines run concurrently (separate sessions); one-pass models only
     intra_op_threads: int = 0  # threads per engine; 0 = cores / instances
     diffusion_batching: str = "step"  # diffusion: "step" (join at every step) or "request" (baseline)
+    precision: str | None = None  # engines.Precision value; None = the server's
 
     def batch_policy(self, engine_limit: int) -> BatchPolicy:
         size = engine_limit if self.max_batch_size is None else self.max_batch_size
@@ -93,6 +97,7 @@ class ServerConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT  # 0 = an ephemeral port, see GenserveServer.port
     backend: Backend = Backend.ONNXRUNTIME
+    engine: EngineOptions = field(default_factory=EngineOptions)  # precision, CUDA graphs, compile, device
     frontend: str = "auto"  # the gRPC transport: "native" (gRPC C++, serving/native), "grpcio", or "auto"
     grace_period: float = DEFAULT_GRACE_PERIOD  # seconds calls in flight get to finish at shutdown
     max_message_bytes: int = MAX_MESSAGE_BYTES
@@ -138,6 +143,7 @@ _MODEL_KEYS: dict[str, tuple[Any, str]] = {
     "instances": _int(1),
     "intra_op_threads": _int(0),
     "diffusion_batching": (lambda v: v in ("step", "request"), '"step" or "request"'),
+    "precision": (lambda v: v in {p.value for p in Precision}, "one of " + ", ".join(p.value for p in Precision)),
 }
 _SERVER_KEYS: dict[str, tuple[Any, str]] = {
     "models": (lambda v: isinstance(v, str) and v != "", "a path"),
@@ -145,6 +151,10 @@ _SERVER_KEYS: dict[str, tuple[Any, str]] = {
     "port": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 65535, "a port in [0, 65535]"),
     "backend": (lambda v: v in {b.value for b in Backend}, "one of " + ", ".join(b.value for b in Backend)),
     "frontend": (lambda v: v in FRONTENDS, "one of " + ", ".join(FRONTENDS)),
+    "precision": (lambda v: v in {p.value for p in Precision}, "one of " + ", ".join(p.value for p in Precision)),
+    "cuda_graphs": (lambda v: isinstance(v, bool), "true or false"),
+    "compile": (lambda v: isinstance(v, bool), "true or false"),
+    "device": (lambda v: isinstance(v, str) and v != "", 'a torch device ("cuda:0", "cpu")'),
     "grace_period_s": _number(0),
     "metrics_port": (
         lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 65535,
@@ -254,9 +264,14 @@ def load_config(
         values["backend"] = Backend(server["backend"])
     if "frontend" in server:
         values["frontend"] = server["frontend"]
+    engine = {key: server[key] for key in ("cuda_graphs", "compile", "device") if key in server}
+    if "precision" in server:
+        engine["precision"] = Precision(server["precision"])
     if "grace_period_s" in server:
         values["grace_period"] = float(server["grace_period_s"])
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    engine.update(values.pop("engine", {}))  # flags: a dict of EngineOptions fields
+    values["engine"] = EngineOptions(**engine)
     values.setdefault("models_dir", default_models_dir)
     if values["models_dir"] is None:
         raise ConfigError(["server.models: no model repository given (set it here or pass --models)"], source)

@@ -1,12 +1,14 @@
 """The step-level diffusion scheduler: one running batch of slots per model, one engine call per
 step for every active slot, joins and leaves at every step boundary (``stepping.plan_iteration``).
 
-Slots live in preallocated arrays (row i = slot i): the current images ``x``, and per slot its
-seed, image index, steps done, timestep and sampler coefficients. Each iteration fills the
-timestep and coefficient rows, draws the step's noise from the counter-based generator keyed by
-(seed, image index, step), and makes one engine call on the first ``n`` rows; slots that leave
-are swap-removed, so the active rows stay contiguous. An image therefore depends only on its own
-(seed, index, schedule): never on the batch it ran in.
+The slots' state (the current images, and per slot its seed, image index, step counter and
+schedule) belongs to the engine (``slots.SlotState``: host memory for ONNX Runtime, device memory
+for the cuda backend). The scheduler keeps a reference per row and tells the state what happens
+at each step boundary: finished slots are read (as uint8, one copy for all of them), leaving
+slots are swap-removed so the active rows stay contiguous, joining images start in the rows
+after them, and one ``step`` runs every active row, each at its own timestep with noise keyed by
+(seed, image index, step). An image therefore depends only on its own (seed, index, schedule):
+never on the batch it ran in.
 
 Admission, priorities, deadlines and cancellation behave as in the one-pass batcher
 (``batcher.QueuePolicy``); results return the moment a request's last image finishes, and a
@@ -22,11 +24,11 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from genserve import images, noise
+from genserve import images
 from genserve.serving.batcher import QueuePolicy, deadline_error
 from genserve.serving.batching import Pending
 from genserve.serving.config import ModelSettings
@@ -59,7 +61,7 @@ class _Request:
     arrival: float
     deadline: float | None
     future: asyncio.Future
-    out: np.ndarray  # float32 (N, C, H, W), filled as images finish
+    out: np.ndarray  # uint8 (N, H, W, C), filled as images finish
     next_image: int = 0
     done_images: int = 0
     steps_done: int = 0  # summed over its images
@@ -86,28 +88,6 @@ class _SlotRef:
     step: int = 0
 
 
-@dataclass
-class _Buffers:
-    """Row i holds slot i; only the first ``n`` rows are live."""
-
-    x: np.ndarray  # (S, C, H, W) float32
-    t: np.ndarray  # (S,) int64
-    coef: np.ndarray  # (S, 6) float32
-    seed: np.ndarray  # (S,) int64
-    index: np.ndarray  # (S,) int64
-    step: np.ndarray  # (S,) int64: steps done
-    label: np.ndarray  # (S,) int64: class-conditional models
-    guidance: np.ndarray  # (S,) float32: class-conditional models
-    arrays: tuple[np.ndarray, ...] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.arrays = (self.x, self.t, self.coef, self.seed, self.index, self.step, self.label, self.guidance)
-
-    def move(self, src: int, dst: int) -> None:
-        for a in self.arrays:
-            a[dst] = a[src]
-
-
 class DiffusionScheduler:
     def __init__(
         self,
@@ -120,27 +100,14 @@ class DiffusionScheduler:
     ):
         self.runner = runner
         self.name = runner.name
-        self.engine = runner.engines[0]
-        self.max_slots = settings.max_batch_size or self.engine.max_batch_size
+        self.max_slots = settings.max_batch_size or runner.engines[0].max_batch_size
         self.join = join or JoinPolicy(settings.diffusion_batching)
         self.queue_policy: QueuePolicy = settings.queue_policy()
         self._executor = executor
         self._metrics = metrics or Metrics().for_model(self.name)
         self._clock = clock
-        shape = runner.manifest.image_shape
-        s = self.max_slots
-        self._buf = _Buffers(
-            x=np.zeros((s, *shape), np.float32),
-            t=np.zeros(s, np.int64),
-            coef=np.zeros((s, 6), np.float32),
-            seed=np.zeros(s, np.int64),
-            index=np.zeros(s, np.int64),
-            step=np.zeros(s, np.int64),
-            label=np.zeros(s, np.int64),
-            guidance=np.zeros(s, np.float32),
-        )
-        self._conditional = runner.conditional
-        self._shape = shape
+        self._state = runner.open_slots(capacity=self.max_slots)
+        self._shape = runner.manifest.image_shape
         self._slots: list[_SlotRef] = []
         self._waiting: dict[int, _Request] = {}
         self._cancelled: set[int] = set()  # running requests whose callers left
@@ -222,7 +189,7 @@ class DiffusionScheduler:
             arrival=now,
             deadline=self.queue_policy.deadline(now, deadline, request.timeout),
             future=asyncio.get_running_loop().create_future(),
-            out=np.empty((request.num_images, *self._shape), np.float32),
+            out=np.empty((request.num_images, *self._shape[1:], self._shape[0]), np.uint8),
             events=events,
             preview_every=preview_every,
         )
@@ -258,31 +225,18 @@ class DiffusionScheduler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 continue
-            for i, ref in enumerate(self._slots):  # this step's timestep and coefficients, per slot
-                self._buf.t[i] = ref.request.plan.timesteps[ref.step]
-                self._buf.coef[i] = ref.request.plan.coefs[ref.step]
             started = time.perf_counter()
             try:
-                await loop.run_in_executor(self._executor, self._step, n)
+                await loop.run_in_executor(self._executor, self._state.step, n)
             except Exception as exc:
                 self._fail_running(exc)
                 continue
             requests = len({id(ref.request) for ref in self._slots})
             self._metrics.observe_engine_call(time.perf_counter() - started, n, requests)
-            self._buf.step[:n] += 1
             for ref in self._slots:
                 ref.step += 1
                 ref.request.steps_done += 1
             self._report_progress()
-
-    def _step(self, n: int) -> None:
-        """One engine call for the first ``n`` slots (worker thread; the loop waits for it)."""
-        b = self._buf
-        z = noise.gaussian(b.seed[:n], b.index[:n], b.step[:n] + 1, self._shape)  # iteration k draws step k + 1
-        feeds = {"x": b.x[:n], "t": b.t[:n], "coef": b.coef[:n], "noise": z}
-        if self._conditional:
-            feeds.update(label=b.label[:n], guidance=b.guidance[:n])
-        b.x[:n] = self.engine.run(feeds)["x_prev"]
 
     def _apply(self, now: float) -> None:
         """Carry out this step boundary's plan: finished and dropped slots leave, waiting images join."""
@@ -303,18 +257,19 @@ class DiffusionScheduler:
                 error = deadline_error(self.name, now - entry.arrival)
             if not entry.future.done():
                 entry.future.set_exception(error)
-        for i in plan.finished:
+        finished = self._state.images(plan.finished) if plan.finished else ()  # one read for all
+        for i, image in zip(plan.finished, finished, strict=True):
             ref = self._slots[i]
-            ref.request.out[ref.image] = self._buf.x[i]
+            ref.request.out[ref.image] = image
             ref.request.done_images += 1
             if ref.request.done_images == ref.request.num_images:
                 self._metrics.observe_request_done()
                 if not ref.request.future.done():
-                    ref.request.future.set_result(images.to_uint8(ref.request.out))
+                    ref.request.future.set_result(ref.request.out)
         for i in sorted(plan.finished + plan.dropped, reverse=True):  # swap-remove, highest first
             last = len(self._slots) - 1
             if i != last:
-                self._buf.move(last, i)
+                self._state.move(last, i)
                 self._slots[i] = self._slots[last]
             self._slots.pop()
         self._cancelled &= {r.request.id for r in self._slots}
@@ -333,16 +288,10 @@ class DiffusionScheduler:
             )
 
     def _join(self, entry: _Request, image_indices: range) -> None:
-        n, k = len(self._slots), len(image_indices)
-        b = self._buf
         idx = np.asarray(image_indices, dtype=np.int64)
-        seeds = np.full(k, entry.request.seed, dtype=np.int64)
-        b.x[n : n + k] = noise.gaussian(seeds, idx, np.full(k, noise.INITIAL_STEP), self._shape)
-        b.seed[n : n + k] = entry.request.seed
-        b.index[n : n + k] = idx
-        b.step[n : n + k] = 0
-        for name, values in self.runner.step_conditioning(seeds, idx, entry.plan, entry.request.label).items():
-            getattr(b, name)[n : n + k] = values
+        seeds = np.full(len(idx), entry.request.seed, dtype=np.int64)
+        conditioning = self.runner.step_conditioning(seeds, idx, entry.plan, entry.request.label)
+        self._state.join(len(self._slots), seeds, idx, entry.plan.timesteps, entry.plan.coefs, conditioning)
         self._slots.extend(_SlotRef(entry, int(i)) for i in image_indices)
 
     def _fail_running(self, exc: Exception) -> None:
@@ -370,7 +319,7 @@ class DiffusionScheduler:
             preview = None
             if entry.preview_every and step % entry.preview_every == 0:
                 rows = [i for i, r in enumerate(self._slots) if r.request is entry]
-                preview = _preview(self._buf.x[rows])
+                preview = _preview(self._state.values(rows))
             entry.events.put_nowait(Progress(step, entry.steps, preview=preview))
 
 

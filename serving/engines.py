@@ -1,4 +1,4 @@
-"""Engines: one interface over ONNX Runtime, PyTorch (reference) and TensorRT.
+"""Engines: one interface over ONNX Runtime, PyTorch (CPU reference and CUDA) and TensorRT.
 
 An engine runs one batch of a model's graph: ``run(feeds) -> outputs``, NumPy in and out,
 with the names, dtypes and shapes of the model's ``Signature``. It knows nothing about
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -16,15 +17,35 @@ import numpy as np
 
 from genserve.manifest import ONNX_FILE, WEIGHTS_DIR, Manifest
 from genserve.serving.errors import Unavailable
-from genserve.signature import Signature
+from genserve.signature import ModelKind, Signature
 
 log = logging.getLogger(__name__)
 
 
 class Backend(enum.Enum):
     ONNXRUNTIME = "onnxruntime"
-    TORCH = "torch"
+    TORCH = "torch"  # PyTorch eager on the CPU: the reference
+    CUDA = "cuda"  # PyTorch on a CUDA device, CUDA graphs per batch bucket
     TENSORRT = "tensorrt"
+
+
+class Precision(enum.Enum):
+    """The arithmetic an engine computes in; its inputs and outputs stay as the signature says."""
+
+    FP32 = "fp32"  # strict (no TF32): matches ONNX Runtime on the CPU to ~1e-5
+    TF32 = "tf32"  # fp32 tensors, TF32 matrix units (Ampere and newer)
+    BF16 = "bf16"  # autocast to bfloat16 for convolutions and matrix products
+    FP16 = "fp16"  # autocast to float16, likewise
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How engines are built, beyond the model folder: one per server, ``precision`` per model."""
+
+    precision: Precision = Precision.FP32
+    cuda_graphs: bool = True  # cuda backend: capture a CUDA graph per batch bucket at load
+    compile: bool = False  # torch and cuda backends: torch.compile (Inductor) before capture
+    device: str | None = None  # torch and cuda backends: override the device ("cuda:1", "cpu")
 
 
 class Engine(Protocol):
@@ -35,10 +56,27 @@ class Engine(Protocol):
 
 
 class OnnxRuntimeEngine:
-    """ONNX Runtime session; CUDA provider first where onnxruntime-gpu finds a GPU."""
+    """ONNX Runtime session; CUDA provider first where onnxruntime-gpu finds a GPU.
 
-    def __init__(self, onnx_path: Path, signature: Signature, max_batch_size: int, intra_op_threads: int = 0):
-        import onnxruntime as ort
+    ``io_binding`` (default: on exactly when CUDA is the first provider) runs each call through an
+    ``IOBinding``: NumPy inputs bound as CPU tensors, outputs bound to the CPU, then copied out.
+    Forcing it on with the CPU provider tests that path where there is no GPU.
+    """
+
+    def __init__(
+        self,
+        onnx_path: Path,
+        signature: Signature,
+        max_batch_size: int,
+        intra_op_threads: int = 0,
+        io_binding: bool | None = None,
+    ):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise Unavailable(
+                "ONNX Runtime is not installed: pip install 'genserve[cpu]' (or 'genserve[gpu]' for onnxruntime-gpu)"
+            ) from exc
 
         self.signature = signature
         self.max_batch_size = max_batch_size
@@ -52,47 +90,60 @@ class OnnxRuntimeEngine:
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
         self.providers = self.session.get_providers()
-        log.info("onnxruntime session for %s on %s", onnx_path, self.providers)
+        self.io_binding = self.providers[0] == "CUDAExecutionProvider" if io_binding is None else io_binding
+        log.info("onnxruntime session for %s on %s (I/O binding %s)", onnx_path, self.providers, self.io_binding)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = self.session.run(self.signature.output_names, feeds)
+        if self.io_binding:
+            outputs = self._run_bound(feeds)
+        else:
+            outputs = self.session.run(self.signature.output_names, feeds)
         return dict(zip(self.signature.output_names, outputs, strict=True))
 
-
-class TorchEngine:
-    """The network rebuilt from the model folder's checkpoint, run in PyTorch eager (reference)."""
-
-    def __init__(self, weights_dir: Path, signature: Signature, max_batch_size: int, view: str | None = None):
-        import torch
-
-        from genserve.nets import load_checkpoint
-        from genserve.nets.graphs import DEFAULT_VIEW, servable_module
-
-        self._torch = torch
-        self.signature = signature
-        self.max_batch_size = max_batch_size
-        net, meta = load_checkpoint(weights_dir)
-        self.module, _ = servable_module(net, meta["family"], view or DEFAULT_VIEW)  # the graph export wrote
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        torch = self._torch
-        with torch.inference_mode():
-            args = [torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in self.signature.input_names]
-            out = self.module(*args)
-        return {self.signature.output_names[0]: out.numpy()}
+    def _run_bound(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        # One binding per call: calls may overlap, and a binding holds its inputs' buffers.
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, array)
+        for name in self.signature.output_names:
+            binding.bind_output(name)  # on the CPU; ONNX Runtime allocates it at the call's shape
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()  # in binding order, the signature's
 
 
-def create_engine(folder: Path, manifest: Manifest, backend: Backend, intra_op_threads: int = 0) -> Engine:
+def create_engine(
+    folder: Path,
+    manifest: Manifest,
+    backend: Backend,
+    intra_op_threads: int = 0,
+    options: EngineOptions | None = None,
+) -> Engine:
     """One engine for a model folder; ``intra_op_threads`` (ONNX Runtime only) 0 = one per core."""
+    options = options or EngineOptions()
     if backend is Backend.ONNXRUNTIME:
         return OnnxRuntimeEngine(folder / ONNX_FILE, manifest.signature, manifest.max_batch_size, intra_op_threads)
-    if backend is Backend.TORCH:
+    if backend in (Backend.TORCH, Backend.CUDA):
         weights = folder / WEIGHTS_DIR
         if not (weights / "config.json").is_file():
-            raise Unavailable(f"model {manifest.name} has no {WEIGHTS_DIR}/ checkpoint for the torch backend")
-        return TorchEngine(weights, manifest.signature, manifest.max_batch_size, manifest.source.get("view"))
+            raise Unavailable(f"model {manifest.name} has no {WEIGHTS_DIR}/ checkpoint for the {backend.value} backend")
+        from genserve.serving.torch_engine import TorchEngine
+
+        cuda = backend is Backend.CUDA
+        engine = TorchEngine(
+            weights,
+            manifest.signature,
+            manifest.max_batch_size,
+            manifest.source.get("view"),
+            device=options.device or ("cuda" if cuda else "cpu"),
+            precision=options.precision,
+            cuda_graphs=cuda and options.cuda_graphs,
+            compile=options.compile,
+        )
+        if manifest.kind is not ModelKind.DIFFUSION:  # a diffusion model's graphs belong to its slot states
+            engine.capture_buckets()
+        return engine
     if backend is Backend.TENSORRT:
         from genserve.serving.tensorrt_engine import TensorRTEngine
 
-        return TensorRTEngine.for_model(folder, manifest)
+        return TensorRTEngine.for_model(folder, manifest, options.precision)
     raise ValueError(f"unknown backend {backend}")

@@ -8,6 +8,7 @@ a translated image depends only on its own input image.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -21,8 +22,9 @@ from genserve import images, noise, schedule
 from genserve.manifest import Manifest, discover
 from genserve.serving.config import ModelSettings
 from genserve.serving.domain import GenerateRequest, Request, TranslateRequest
-from genserve.serving.engines import Backend, Engine, create_engine
+from genserve.serving.engines import Backend, Engine, EngineOptions, Precision, create_engine
 from genserve.serving.errors import Cancelled, InvalidArgument
+from genserve.serving.slots import REPLAY_STEPS, SlotState, open_slots
 from genserve.signature import ModelKind
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ class ModelRunner:
         engine: Engine | None = None,
         instances: int = 1,
         intra_op_threads: int = 0,
+        options: EngineOptions | None = None,
     ):
         self.folder = folder
         self.manifest = Manifest.load(folder)
@@ -64,10 +67,12 @@ class ModelRunner:
             self.engines = [engine]
         else:
             self.engines = [
-                create_engine(folder, self.manifest, backend, intra_op_threads=intra_op_threads)
+                create_engine(folder, self.manifest, backend, intra_op_threads=intra_op_threads, options=options)
                 for _ in range(instances)
             ]
         self.engine = self.engines[0]
+        self._slots: dict[int, SlotState] = {}  # the request-level runner's, per engine instance
+        self._slot_locks = [threading.Lock() for _ in self.engines]
         if self.manifest.diffusion is not None:
             self.diffusion = self.manifest.diffusion.gaussian_diffusion()
 
@@ -198,7 +203,7 @@ class ModelRunner:
             else:
                 index = np.arange(start, stop)
                 seeds = np.full(len(index), request.seed, dtype=np.int64)
-                out.append(self._diffuse(engine, seeds, index, plan, cancelled, request.label))
+                out.append(self._diffuse(instance, seeds, index, plan, cancelled, request.label))
         return np.concatenate(out)
 
     def run_images(self, parts: Sequence[Part], instance: int = 0) -> np.ndarray:
@@ -207,7 +212,10 @@ class ModelRunner:
 
         The batcher mixes images of several requests in one call; each image depends only on its
         own request and index, so the mix never shows in the results."""
-        return images.to_uint8(self._run_once(self.engines[instance], parts))
+        engine = self.engines[instance]
+        if hasattr(engine, "run_uint8"):  # a device engine converts where its output is
+            return engine.run_uint8(self._batch_feeds(parts))
+        return images.to_uint8(self._run_once(engine, parts))
 
     def sample_images(self, seeds: np.ndarray, index: np.ndarray, instance: int = 0) -> np.ndarray:
         """One engine call of a sampler on independent images: image ``index[i]`` of seed ``seeds[i]``,
@@ -228,14 +236,14 @@ class ModelRunner:
         server without step-level scheduling runs them: the Triton peer of the benchmarks): uint8
         (B, H, W, C). ``labels`` gives a conditional model a class per image instead (evaluation)."""
         plan = self.validate(request)
-        return images.to_uint8(
-            self._diffuse(self.engines[instance], seeds, index, plan, label=request.label, labels=labels)
-        )
+        return images.to_uint8(self._diffuse(instance, seeds, index, plan, label=request.label, labels=labels))
 
     def _run_once(self, engine: Engine, parts: Sequence[Part]) -> np.ndarray:
+        return next(iter(engine.run(self._batch_feeds(parts)).values()))
+
+    def _batch_feeds(self, parts: Sequence[Part]) -> dict[str, np.ndarray]:
         feeds = [self._feeds(request, start, stop) for request, start, stop in parts]
-        batch = {name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]}
-        return next(iter(engine.run(batch).values()))
+        return {name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]}
 
     def _feeds(self, request: Request, start: int, stop: int) -> dict[str, np.ndarray]:
         """The graph inputs of units [start, stop) of one request."""
@@ -274,9 +282,17 @@ class ModelRunner:
             feeds["label"] = np.full(len(index), end_feeds["label"][0], dtype=np.int64)
         return feeds
 
+    def open_slots(self, instance: int = 0, capacity: int | None = None) -> SlotState:
+        """A new slot state on engine ``instance`` for this diffusion model (``slots``)."""
+        engine = self.engines[instance]
+        spec = self.manifest.diffusion
+        return open_slots(
+            engine, self.manifest.image_shape, capacity or engine.max_batch_size, spec.num_timesteps, self.conditional
+        )
+
     def _diffuse(
         self,
-        engine: Engine,
+        instance: int,
         seeds: np.ndarray,
         index: np.ndarray,
         plan: DiffusionPlan,
@@ -285,19 +301,20 @@ class ModelRunner:
         labels: np.ndarray | None = None,
     ) -> np.ndarray:
         """Images ``index[i]`` of seeds ``seeds[i]`` through every step of ``plan`` (a conditional
-        model: of class ``label``, or ``labels[i]``), float32 (B, C, H, W)."""
-        shape = self.manifest.image_shape
+        model: of class ``label``, or ``labels[i]``), float32 (B, C, H, W): the request-level loop,
+        on the same slot state as the step scheduler, ``REPLAY_STEPS`` steps per call."""
         n = len(index)
-        x = noise.gaussian(seeds, index, np.full(n, noise.INITIAL_STEP), shape)
-        t = np.empty(n, dtype=np.int64)
         conditioning = self.step_conditioning(seeds, index, plan, label, labels)
-        for k, (timestep, coef) in enumerate(zip(plan.timesteps, plan.coefs, strict=True)):
-            _stop_if(cancelled)
-            t.fill(timestep)
-            z = noise.gaussian(seeds, index, np.full(n, k + 1), shape)
-            feeds = {"x": x, "t": t, "coef": np.broadcast_to(coef, (n, len(coef))).copy(), "noise": z, **conditioning}
-            x = engine.run(feeds)["x_prev"]
-        return x
+        with self._slot_locks[instance]:
+            if instance not in self._slots:
+                self._slots[instance] = self.open_slots(instance)
+            state = self._slots[instance]
+            state.join(0, seeds, index, plan.timesteps, plan.coefs, conditioning)
+            steps = len(plan.timesteps)
+            for done in range(0, steps, REPLAY_STEPS):
+                _stop_if(cancelled)
+                state.step(n, min(REPLAY_STEPS, steps - done))
+            return state.values(range(n))
 
     def step_conditioning(
         self,
@@ -352,26 +369,31 @@ def load_repository(
     models_dir: Path,
     backend: Backend = Backend.ONNXRUNTIME,
     settings: Callable[[str], ModelSettings] | None = None,
+    options: EngineOptions | None = None,
 ) -> dict[str, ModelRunner]:
-    """Every model folder under ``models_dir``, loaded with its settings (engine instances and
-    threads); fails on the first broken folder."""
+    """Every model folder under ``models_dir``, loaded with its settings (engine instances, threads,
+    precision) and the server's engine ``options``; fails on the first broken folder."""
     runners = {}
+    options = options or EngineOptions()
     for folder in discover(models_dir):
         manifest = Manifest.load(folder)
         s = settings(manifest.name) if settings else ModelSettings()
         # A diffusion model runs one step-level batch, on one engine, whatever `instances` says.
         instances = 1 if manifest.kind is ModelKind.DIFFUSION else s.instances
         threads = s.intra_op_threads or max(1, (os.cpu_count() or 1) // instances)
-        runner = ModelRunner(folder, backend, instances=instances, intra_op_threads=threads)
+        own = options if s.precision is None else dataclasses.replace(options, precision=Precision(s.precision))
+        runner = ModelRunner(folder, backend, instances=instances, intra_op_threads=threads, options=own)
         if runner.name in runners:
             raise ValueError(f"two model folders declare the name {runner.name!r}")
         runners[runner.name] = runner
         log.info(
-            "loaded %s (%s) from %s: %d engine instance(s), %d thread(s) each",
+            "loaded %s (%s) from %s: %d %s engine instance(s), %s, %d thread(s) each",
             runner.name,
             runner.manifest.kind.value,
             folder,
             instances,
+            backend.value,
+            own.precision.value,
             threads,
         )
     return runners

@@ -113,11 +113,11 @@ class GenserveServer:
     async def load_models(self) -> None:
         """Load every model folder, then report SERVING; StartupError if any folder fails or none exist."""
         models_dir, backend = self.config.models_dir, self.config.backend
-        log.info("loading models from %s with %s", models_dir, backend.value)
+        log.info("loading models from %s with %s (%s)", models_dir, backend.value, self.config.engine)
         loop = asyncio.get_running_loop()
         try:
             runners = await loop.run_in_executor(
-                self._executor, load_repository, models_dir, backend, self.config.settings_for
+                self._executor, load_repository, models_dir, backend, self.config.settings_for, self.config.engine
             )
         except Exception as exc:
             raise StartupError(f"failed to load the models in {models_dir}: {exc}") from exc

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,7 +37,19 @@ from genserve.manifest import Manifest
 from genserve.serving.errors import InternalError, InvalidArgument, Unavailable
 from genserve.signature import BATCH, Signature, TensorSpec
 
+if TYPE_CHECKING:
+    from genserve.serving.engines import Precision as ServingPrecision
+
 log = logging.getLogger(__name__)
+
+
+def engine_precision(precision: Precision | ServingPrecision) -> Precision:
+    """The engine build's precision for the serving-wide one (or an engine precision): same value."""
+    try:
+        return Precision(precision.value)
+    except ValueError as exc:
+        choices = ", ".join(p.value for p in Precision)
+        raise ValueError(f"TensorRT engines have no {precision.value} precision (they have {choices})") from exc
 
 
 def validate_feeds(signature: Signature, feeds: dict[str, np.ndarray], max_batch_size: int) -> int:
@@ -95,13 +108,22 @@ class TensorRTEngine:
 
     @classmethod
     def for_model(
-        cls, folder: Path, manifest: Manifest, precision: Precision = Precision.FP32, warm_up: bool = True
+        cls,
+        folder: Path,
+        manifest: Manifest,
+        precision: Precision | ServingPrecision = Precision.FP32,
+        warm_up: bool = True,
     ) -> TensorRTEngine:
         """The model's engine for this GPU, built into ``folder/engines/`` unless cached, ready to run.
 
-        Raises Unavailable, naming what is missing or what failed: the server fails to start
-        with that message.
+        ``precision`` is the serving-wide ``genserve.serving.engines.Precision`` or the engine
+        build's own, matched by value. Raises Unavailable, naming what is missing or what failed:
+        the server fails to start with that message.
         """
+        try:
+            precision = engine_precision(precision)
+        except ValueError as exc:
+            raise Unavailable(f"TensorRT backend unavailable for model {manifest.name}: {exc}") from exc
         problems = missing_requirements()
         if problems:
             raise Unavailable(f"TensorRT backend unavailable for model {manifest.name}: " + "; ".join(problems))
@@ -118,6 +140,7 @@ class TensorRTEngine:
         engine.allocate_buffers()
         if warm_up:
             engine.warm_up()
+        log.info("serving model %s on the %s TensorRT engine %s", manifest.name, precision.value, path.name)
         return engine
 
     # --- lifecycle ---------------------------------------------------------------------------

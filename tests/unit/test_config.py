@@ -78,7 +78,7 @@ def test_no_file_gives_the_built_in_defaults(tmp_path):
         ('[models.m]\nmax_queue_delay_ms = "2"\n', "models.m.max_queue_delay_ms: expected a number >= 0, got '2'"),
         ("[models.m]\nmax_batch = 4\n", "models.m.max_batch: unknown key"),
         ("[server]\nport = 70000\n", "server.port: expected a port in [0, 65535], got 70000"),
-        ('[server]\nbackend = "tensorflow"\n', "server.backend: expected one of onnxruntime, torch, tensorrt"),
+        ('[server]\nbackend = "tensorflow"\n', "server.backend: expected one of onnxruntime, torch, cuda, tensorrt"),
         ("[servers]\nport = 1\n", "servers: unknown section"),
         ("[models.m]\npreferred_batch_sizes = [4, 0]\n", "models.m.preferred_batch_sizes: expected a list of integers"),
         ("[models.m]\nmax_batch_size = 8\npreferred_batch_sizes = [16]\n", "models.m.preferred_batch_sizes: [16]"),
