@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch==2.13.0 (pinned in pyproject) resolves to the local CPU wheel; see README.
+	# .[dev] includes .[cpu], ONNX Runtime's CPU wheel, which the tests run on.
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 

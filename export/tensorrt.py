@@ -48,6 +48,7 @@ ShapeBounds = tuple[Shape, Shape, Shape]  # (min, opt, max)
 
 class Precision(enum.Enum):
     FP32 = "fp32"  # strict: TF32 is switched off, so results match ONNX Runtime to ~1e-5
+    TF32 = "tf32"  # fp32 tensors, TF32 matrix units for convolutions and matrix products (Ampere and newer)
     FP16 = "fp16"  # TensorRT may pick fp16 kernels where faster; I/O stays as in the graph
     BF16 = "bf16"  # as FP16, with bfloat16 kernels (Ampere and newer)
 
@@ -320,6 +321,8 @@ def build_engine(model_folder: Path, spec: EngineSpec, timing_cache: Path | None
     if not onnx_path.is_file():
         raise EngineBuildError(f"{onnx_path} not found")
     onnx_sha256 = mf.sha256(onnx_path)  # the bytes on disk, not what a manifest claims
+    if spec.precision is Precision.TF32 and capability < (8, 0):
+        log.warning("%s (sm_%d%d) has no TF32 units: a tf32 engine computes in fp32 there", gpu_name, *capability)
     record = EngineRecord(onnx_sha256, str(trt.__version__), gpu_name, capability, spec)
     path = engine_path(model_folder, record.key)
     if _is_cached(path, record.key):
@@ -414,12 +417,14 @@ def _set_precision(trt, config, precision: Precision) -> None:
             config.clear_flag(trt.BuilderFlag.TF32)  # on by default; TF32 keeps 10 mantissa bits
         return
     flag = getattr(trt.BuilderFlag, precision.name, None)
+    if flag is None and precision is Precision.TF32:
+        raise EngineBuildError(f"TensorRT {trt.__version__} has no TF32 builder flag; build {Precision.FP32.value}")
     if flag is None:  # weakly typed precision flags are deprecated in 10.12 and gone in 11
         raise EngineBuildError(
             f"TensorRT {trt.__version__} has no {precision.name} builder flag; build {Precision.FP32.value}, "
             f"or export a strongly typed {precision.value} graph"
         )
-    config.set_flag(flag)
+    config.set_flag(flag)  # TF32 is on by default; set anyway, so a changed default cannot change the engine
 
 
 def _load_timing_cache(config, path: Path) -> None:

@@ -4,11 +4,13 @@ and what happens on a machine without TensorRT or a GPU (real behaviour here, no
 from __future__ import annotations
 
 import dataclasses
+import enum
 import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -29,8 +31,9 @@ from genserve.export.tensorrt import (
     write_sidecar,
 )
 from genserve.manifest import Manifest
+from genserve.serving.engines import Precision as ServingPrecision
 from genserve.serving.errors import InvalidArgument, Unavailable
-from genserve.serving.tensorrt_engine import TensorRTEngine, validate_feeds
+from genserve.serving.tensorrt_engine import TensorRTEngine, engine_precision, validate_feeds
 from genserve.signature import BATCH, ModelKind, diffusion_step_signature, latent_sampler_signature
 
 IMAGE = (1, 28, 28)
@@ -95,7 +98,7 @@ def test_cache_key_changes_with_each_environment_component(changes):
     assert key_of(spec, **changes) != key_of(spec)
 
 
-@pytest.mark.parametrize("precision", [Precision.FP16, Precision.BF16])
+@pytest.mark.parametrize("precision", [Precision.TF32, Precision.FP16, Precision.BF16])
 def test_cache_key_changes_with_precision(precision):
     manifest = diffusion_manifest()
     assert key_of(EngineSpec.from_manifest(manifest, precision)) != key_of(EngineSpec.from_manifest(manifest))
@@ -122,6 +125,74 @@ def test_cache_key_changes_with_batch_limits_and_workspace():
     assert key_of(EngineSpec.from_manifest(manifest, max_batch=32)) != base
     assert key_of(EngineSpec.from_manifest(manifest, opt_batch=4)) != base
     assert key_of(EngineSpec.from_manifest(manifest, workspace_bytes=2 << 30)) != base
+
+
+# --- precision: the serving-wide enum reaches the engine build -------------------------------
+
+
+@pytest.mark.parametrize("serving", list(ServingPrecision), ids=lambda p: p.value)
+def test_each_serving_precision_maps_to_the_engine_precision_of_its_value(serving):
+    precision = engine_precision(serving)
+    assert isinstance(precision, Precision)
+    assert precision.value == serving.value
+
+
+def test_engine_precisions_map_to_themselves():
+    assert [engine_precision(p) for p in Precision] == list(Precision)
+
+
+def test_every_serving_precision_gets_its_own_engine_and_sidecar(tmp_path):
+    manifest = diffusion_manifest()
+    keys = {}
+    for serving in ServingPrecision:
+        spec = EngineSpec.from_manifest(manifest, engine_precision(serving))
+        record = EngineRecord(ONNX_SHA, TRT, GPU, CC, spec)
+        write_sidecar(engine_path(tmp_path, record.key), record)
+        assert read_sidecar(engine_path(tmp_path, record.key)).spec.precision.value == serving.value
+        keys[serving] = key_of(spec)
+    assert len(set(keys.values())) == len(ServingPrecision), keys
+
+
+def test_a_precision_tensorrt_lacks_is_unavailable_before_anything_is_built(tmp_path):
+    fp8 = enum.Enum("Fp8", {"FP8": "fp8"}).FP8  # a serving precision TensorRT engines do not offer
+    with pytest.raises(ValueError, match="no fp8 precision"):
+        engine_precision(fp8)
+    with pytest.raises(Unavailable, match="dcgan-tiny.*no fp8 precision"):
+        TensorRTEngine.for_model(tmp_path, sampler_manifest(), fp8)
+    assert not (tmp_path / "engines").exists()
+
+
+# The builder flags each precision sets, on a stand-in for TensorRT's BuilderFlag and builder
+# config (TensorRT itself is not installed where these tests run).
+class RecordingConfig:
+    def __init__(self) -> None:
+        self.flags = {"TF32"}  # TensorRT's default: TF32 on, nothing else
+
+    def set_flag(self, flag: str) -> None:
+        self.flags.add(flag)
+
+    def clear_flag(self, flag: str) -> None:
+        self.flags.discard(flag)
+
+
+def stand_in_tensorrt(*flags: str) -> SimpleNamespace:
+    return SimpleNamespace(__version__="10.3.0", BuilderFlag=SimpleNamespace(**{f: f for f in flags}))
+
+
+@pytest.mark.parametrize(
+    ("precision", "flags"),
+    [(Precision.FP32, set()), (Precision.TF32, {"TF32"}), (Precision.FP16, {"TF32", "FP16"})],
+    ids=["fp32-strict", "tf32", "fp16"],
+)
+def test_builder_flags_of_each_precision(precision, flags):
+    config = RecordingConfig()
+    trt_export._set_precision(stand_in_tensorrt("TF32", "FP16", "BF16"), config, precision)
+    assert config.flags == flags
+
+
+def test_tf32_without_a_tf32_builder_flag_is_a_build_error():
+    with pytest.raises(trt_export.EngineBuildError, match="no TF32 builder flag; build fp32"):
+        trt_export._set_precision(stand_in_tensorrt("FP16"), RecordingConfig(), Precision.TF32)
 
 
 # --- profiles --------------------------------------------------------------------------------
@@ -270,6 +341,13 @@ def test_for_model_raises_unavailable_naming_every_missing_piece(tmp_path):
     if not HAS_CUDA:
         assert "no CUDA device" in message
     assert not (tmp_path / "engines").exists(), "nothing is written when TensorRT cannot run"
+
+
+@pytest.mark.skipif(TRT_INSTALLED and HAS_CUDA, reason="TensorRT and a CUDA device are both present here")
+@pytest.mark.parametrize("precision", [ServingPrecision.TF32, Precision.TF32], ids=["serving-enum", "engine-enum"])
+def test_for_model_takes_either_precision_enum_and_says_what_is_missing(tmp_path, precision):
+    with pytest.raises(Unavailable, match="TensorRT backend unavailable for model dcgan-tiny"):
+        TensorRTEngine.for_model(tmp_path, sampler_manifest(), precision)
 
 
 @pytest.mark.skipif(TRT_INSTALLED and HAS_CUDA, reason="TensorRT and a CUDA device are both present here")
