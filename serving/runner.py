@@ -71,8 +71,7 @@ class ModelRunner:
                 for _ in range(instances)
             ]
         self.engine = self.engines[0]
-        self._slots: dict[int, SlotState] = {}  # the request-level runner's, per engine instance
-        self._slot_locks = [threading.Lock() for _ in self.engines]
+        self._idle_slots: list[list[SlotState]] = [[] for _ in self.engines]  # request-level states, reused
         if self.manifest.diffusion is not None:
             self.diffusion = self.manifest.diffusion.gaussian_diffusion()
 
@@ -305,16 +304,17 @@ class ModelRunner:
         on the same slot state as the step scheduler, ``REPLAY_STEPS`` steps per call."""
         n = len(index)
         conditioning = self.step_conditioning(seeds, index, plan, label, labels)
-        with self._slot_locks[instance]:
-            if instance not in self._slots:
-                self._slots[instance] = self.open_slots(instance)
-            state = self._slots[instance]
+        idle = self._idle_slots[instance]
+        state = idle.pop() if idle else self.open_slots(instance)  # one per concurrent call
+        try:
             state.join(0, seeds, index, plan.timesteps, plan.coefs, conditioning)
             steps = len(plan.timesteps)
             for done in range(0, steps, REPLAY_STEPS):
                 _stop_if(cancelled)
                 state.step(n, min(REPLAY_STEPS, steps - done))
             return state.values(range(n))
+        finally:
+            idle.append(state)
 
     def step_conditioning(
         self,

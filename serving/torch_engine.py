@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -123,13 +124,18 @@ class TorchEngine:
             else None
         )
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # Whatever runs on this engine's stream holds it: a capture must see no other thread's work.
+        self.lock = threading.RLock()
         self.graph_seconds = 0.0
         self.load_seconds = time.perf_counter() - started
 
     # --- running the graph -------------------------------------------------------------------
 
+    @contextlib.contextmanager
     def stream_context(self):
-        return torch.cuda.stream(self.stream) if self.on_cuda else contextlib.nullcontext()
+        """This engine's stream (on a CUDA device), held against other threads."""
+        with self.lock, torch.cuda.stream(self.stream) if self.on_cuda else contextlib.nullcontext():
+            yield
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
         """The module under this engine's precision; float32 out."""
@@ -143,16 +149,17 @@ class TorchEngine:
     def capture(self, fn, warm_up: int = 2) -> torch.cuda.CUDAGraph:
         """A CUDA graph of ``fn()`` after ``warm_up`` eager runs on this engine's stream."""
         started = time.perf_counter()
-        with self.stream_context():
-            for _ in range(warm_up):
+        with self.lock:
+            with self.stream_context():
+                for _ in range(warm_up):
+                    fn()
+            self.stream.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            # Graphs share one memory pool: each one's intermediates are dead when it ends, and every
+            # graph of this engine replays on its one stream, so no two are ever live together.
+            with torch.cuda.graph(graph, pool=self.graph_pool, stream=self.stream):
                 fn()
-        self.stream.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        # Graphs share one memory pool: each one's intermediates are dead when it ends, and every
-        # graph of this engine replays on its one stream, so no two are ever live together.
-        with torch.cuda.graph(graph, pool=self.graph_pool, stream=self.stream):
-            fn()
-        self.stream.synchronize()
+            self.stream.synchronize()
         self.graph_seconds += time.perf_counter() - started
         return graph
 
@@ -192,13 +199,14 @@ class TorchEngine:
         return out[:n], n
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out, _ = self._run_device(feeds)
-        return {self.signature.output_names[0]: self._to_host(out)}
+        with self.lock:  # the output may be a graph's static buffer
+            out, _ = self._run_device(feeds)
+            return {self.signature.output_names[0]: self._to_host(out)}
 
     def run_uint8(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """The first output as images, converted on the device: uint8 (N, H, W, C)."""
-        out, _ = self._run_device(feeds)
         with self.stream_context():
+            out, _ = self._run_device(feeds)
             return self._to_host(to_uint8(out))
 
     def _to_host(self, t: torch.Tensor) -> np.ndarray:
