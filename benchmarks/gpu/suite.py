@@ -242,11 +242,13 @@ def part_sampler_speed(models: Path, sizes: Sizes) -> dict:
 
 
 def part_vs_diffusers(models: Path, sizes: Sizes) -> dict:
+    from genserve.bench_sampler import diffusers_sample, diffusers_scheduler, require_diffusers
+    from genserve.nets import load_checkpoint
+
     try:
-        from genserve.bench_sampler import diffusers_sample, diffusers_scheduler
-        from genserve.nets import load_checkpoint
+        require_diffusers()
     except ImportError as exc:
-        return {"skipped": f"diffusers is not installed ({exc})"}
+        return {"skipped": str(exc)}
     folder = models / DDPM
     manifest = Manifest.load(folder)
     unet, _ = load_checkpoint(folder / WEIGHTS_DIR)
