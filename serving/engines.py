@@ -2,7 +2,9 @@
 
 An engine runs one batch of a model's graph: ``run(feeds) -> outputs``, NumPy in and out,
 with the names, dtypes and shapes of the model's ``Signature``. It knows nothing about
-requests, samplers or batching.
+requests, samplers or batching. Iterative models (diffusion) are stepped through a slot state
+the backend owns (``slots.py``): host memory here, device memory for the torch/cuda backends
+(``torch_engine.py``).
 """
 
 from __future__ import annotations
@@ -141,6 +143,15 @@ def create_engine(
         )
         if manifest.kind is not ModelKind.DIFFUSION:  # a diffusion model's graphs belong to its slot states
             engine.capture_buckets()
+        log.info(
+            "%s on %s (%s): loaded in %.2f s, %d CUDA graph(s) captured in %.2f s",
+            manifest.name,
+            engine.device,
+            options.precision.value,
+            engine.load_seconds,
+            engine.graph_count,
+            engine.graph_seconds,
+        )
         return engine
     if backend is Backend.TENSORRT:
         from genserve.serving.tensorrt_engine import TensorRTEngine

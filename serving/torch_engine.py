@@ -129,6 +129,11 @@ class TorchEngine:
         self.graph_seconds = 0.0
         self.load_seconds = time.perf_counter() - started
 
+    @property
+    def graph_count(self) -> int:
+        """One-pass CUDA graphs captured so far (a diffusion model's belong to its slot states)."""
+        return len(self._graphs)
+
     # --- running the graph -------------------------------------------------------------------
 
     @contextlib.contextmanager

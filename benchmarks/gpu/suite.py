@@ -10,6 +10,7 @@ a. parity of the cuda engine (fp32) with ONNX Runtime (CPU) for every served gra
    fraction and FID within 5%);
 b. ``ddpm-mnist``, 1000-step DDPM: wall time at batch 1 (target <= 0.5 s), images/s at batch 256
    and the fraction of the GPU's bf16 peak, from FLOPs counted by ``torch.utils.flop_counter``;
+   the same at batch 1 with ``torch.compile`` before capture, and its load time (GPU only);
 c. the fused sampler against diffusers' ``DDPMScheduler`` loop with the same UNet in eager
    PyTorch, 1000 steps, batch 1 and 16 (target >= 10x);
 d. served over gRPC: ``dcgan-mnist`` dynamic batching at concurrency 32 against
@@ -241,6 +242,29 @@ def part_sampler_speed(models: Path, sizes: Sizes) -> dict:
     return out
 
 
+def part_compile(models: Path, sizes: Sizes) -> dict:
+    """torch.compile before capture, against the plain graphs: batch 1 only (one bucket, one compile)."""
+    if not sizes.device.startswith("cuda"):
+        return {"skipped": "torch.compile is measured on the GPU only (Inductor's CPU build is minutes here)"}
+    folder = models / DDPM
+    request = GenerateRequest(DDPM, 1, seed=0, steps=sizes.steps)
+    out = {}
+    for compiled in (False, True):
+        started = time.perf_counter()
+        manifest = Manifest.load(folder)
+        engine = TorchEngine(
+            folder / WEIGHTS_DIR, manifest.signature, 1, device=sizes.device, cuda_graphs=sizes.graphs, compile=compiled
+        )
+        runner = ModelRunner(folder, engine=engine)
+        runner.generate(request)  # compile and capture
+        load = time.perf_counter() - started
+        seconds = timed(lambda r=runner: r.generate(request), sizes.device, sizes.repeats)
+        out["compiled" if compiled else "plain"] = {"load_seconds": round(load, 1), "batch1_seconds": round(seconds, 4)}
+        log(f"compile={compiled}: load {load:.1f} s, batch 1 {seconds:.3f} s")
+    out["speedup"] = round(out["plain"]["batch1_seconds"] / out["compiled"]["batch1_seconds"], 3)
+    return out
+
+
 def part_vs_diffusers(models: Path, sizes: Sizes) -> dict:
     from genserve.bench_sampler import diffusers_sample, diffusers_scheduler, require_diffusers
     from genserve.nets import load_checkpoint
@@ -424,6 +448,7 @@ PARTS = {
     "a_parity": part_parity,
     "a_precision": part_precision,
     "b_sampler_speed": part_sampler_speed,
+    "b_compile": part_compile,
     "c_vs_diffusers": part_vs_diffusers,
     "d_served": part_served,
     "e_memory": part_memory,

@@ -20,7 +20,15 @@ def test_the_gpu_suite_runs_every_part_on_the_cpu_and_reports_each_target(tmp_pa
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     report = json.loads((tmp_path / "suite.json").read_text())
     parts = report["parts"]
-    assert set(parts) == {"a_parity", "a_precision", "b_sampler_speed", "c_vs_diffusers", "d_served", "e_memory"}
+    assert set(parts) == {
+        "a_parity",
+        "a_precision",
+        "b_sampler_speed",
+        "b_compile",
+        "c_vs_diffusers",
+        "d_served",
+        "e_memory",
+    }
     assert not [k for k, v in parts.items() if "error" in v]
     assert report["environment"]["device"] == "cpu"
     # every served graph is compared, and on the CPU the torch engine matches ONNX Runtime
