@@ -57,33 +57,34 @@ def engine_scaling(batch_sizes=(1, 2, 4, 8, 16), calls: int = 20) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # 120 s: ~360 requests per server. At 40 s (~130) the p99 is the second-slowest request and
-    # the ratios swung from 0.79x to 1.30x between runs.
-    parser.add_argument("--duration", type=float, default=120.0, help="seconds of open-loop load per server")
-    parser.add_argument("--load", type=float, default=0.7, help="offered load as a fraction of capacity")
-    parser.add_argument("--json", type=Path, default=RESULTS / "diffusion_batching.json")
-    args = parser.parse_args()
-
-    scaling = engine_scaling()
+def compare(
+    flags: tuple[str, ...] = (),
+    steps: tuple[int, ...] = STEPS,
+    duration: float = 120.0,
+    load: float = 0.7,
+    capacity_duration: float = 15.0,
+) -> tuple[dict, dict]:
+    """Step-level against request-level batching on servers started with ``flags``: each mode's
+    closed-loop capacity at concurrency 16, then open-loop Poisson arrivals at ``load`` of the
+    lower capacity for ``duration`` s per mode. Returns (the summary with the ratios, the load
+    reports by mode)."""
     capacity = {}
     for mode in MODES:
-        server = start_server("--diffusion-batching", mode)
+        server = start_server(*flags, "--diffusion-batching", mode)
         try:
-            spec = LoadSpec(server.target, MODEL, concurrency=16, duration=15.0, steps=STEPS, warmup=3.0)
+            spec = LoadSpec(server.target, MODEL, concurrency=16, duration=capacity_duration, steps=steps, warmup=3.0)
             capacity[mode] = run_load(spec).stats["throughput"]
         finally:
             server.stop()
         print(f"{mode}-level capacity (closed loop, concurrency 16): {capacity[mode]:.2f} req/s")
-    rate = args.load * min(capacity.values())
-    print(f"open loop at {rate:.2f} req/s ({args.load:.0%} of {min(capacity.values()):.2f})")
+    rate = load * min(capacity.values())
+    print(f"open loop at {rate:.2f} req/s ({load:.0%} of {min(capacity.values()):.2f})")
 
     runs = {}
     for mode in MODES:
-        server = start_server("--diffusion-batching", mode)
+        server = start_server(*flags, "--diffusion-batching", mode)
         try:
-            spec = LoadSpec(server.target, MODEL, rate=rate, duration=args.duration, steps=STEPS, warmup=2.0)
+            spec = LoadSpec(server.target, MODEL, rate=rate, duration=duration, steps=steps, warmup=2.0)
             report = run_load(spec)
         finally:
             server.stop()
@@ -94,10 +95,7 @@ def main() -> None:
             f"p99 {r['latency_p99']:.3f} s, {r['status_counts']}"
         )
     s, q = runs["step"].stats, runs["request"].stats
-    result = {
-        "what": f"{MODEL}, 1 image per request, DDIM steps {list(STEPS)} in turn, Poisson arrivals",
-        "machine": f"{platform.machine()} CPU x{os.cpu_count()}, Python {platform.python_version()}",
-        "engine_scaling": scaling,
+    summary = {
         "capacity_rps": {m: round(c, 3) for m, c in capacity.items()},
         "offered_rps": round(rate, 3),
         "step": {k: s[k] for k in ("throughput", "latency_mean", "latency_p50", "latency_p99", "status_counts")},
@@ -105,6 +103,26 @@ def main() -> None:
         "mean_latency_ratio": round(s["latency_mean"] / q["latency_mean"], 3),
         "p99_latency_ratio": round(s["latency_p99"] / q["latency_p99"], 3),
         "throughput_ratio": round(s["throughput"] / q["throughput"], 3),
+    }
+    return summary, runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # 120 s: ~360 requests per server. At 40 s (~130) the p99 is the second-slowest request and
+    # the ratios swung from 0.79x to 1.30x between runs.
+    parser.add_argument("--duration", type=float, default=120.0, help="seconds of open-loop load per server")
+    parser.add_argument("--load", type=float, default=0.7, help="offered load as a fraction of capacity")
+    parser.add_argument("--json", type=Path, default=RESULTS / "diffusion_batching.json")
+    args = parser.parse_args()
+
+    scaling = engine_scaling()
+    summary, runs = compare(duration=args.duration, load=args.load)
+    result = {
+        "what": f"{MODEL}, 1 image per request, DDIM steps {list(STEPS)} in turn, Poisson arrivals",
+        "machine": f"{platform.machine()} CPU x{os.cpu_count()}, Python {platform.python_version()}",
+        "engine_scaling": scaling,
+        **summary,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -30,7 +30,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -41,15 +40,17 @@ import numpy as np
 import torch
 
 from genserve.manifest import WEIGHTS_DIR, Manifest, discover
+from genserve.serving import native
 from genserve.serving.domain import GenerateRequest
 from genserve.serving.engines import OnnxRuntimeEngine, Precision
 from genserve.serving.runner import ModelRunner
 from genserve.serving.torch_engine import TorchEngine, bucket_sizes
 
 REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # benchmarks/ (last: the checkout's genserve/ folder must not shadow the package)
+    sys.path.append(str(REPO))
 DDPM, DCGAN = "ddpm-mnist", "dcgan-mnist"
 BF16_PEAK = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12}  # dense bf16 FLOP/s, by name fragment
-LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,67 +297,20 @@ def part_vs_diffusers(models: Path, sizes: Sizes) -> dict:
 # --- d. served over gRPC -----------------------------------------------------------------------------
 
 
-class Server:
-    """``genserve serve`` on loopback in a subprocess, from a folder that shadows nothing."""
-
-    def __init__(self, models: Path, sizes: Sizes, *args: str):
-        engine_args = ["--backend", "cuda"] + ([] if sizes.graphs else ["--cuda-graphs", "off"])
-        engine_args += [] if sizes.device == "cuda" else ["--device", sizes.device]
-        cmd = [sys.executable, "-m", "genserve.cli", "serve", "--host", "127.0.0.1", "--port", "0"]
-        cmd += ["--models", str(models), *engine_args, *args]
-        self.proc = subprocess.Popen(
-            cmd, cwd=tempfile.gettempdir(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        self.lines: list[str] = []
-        started = time.monotonic()
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            if m := LISTENING.search(line):
-                self.target = f"127.0.0.1:{m.group(2)}"
-                break
-        else:
-            raise RuntimeError("server exited before listening:\n" + "".join(self.lines))
-        import threading
-
-        threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True).start()
-        from genserve.client import GenserveClient
-
-        with GenserveClient(self.target) as client:
-            client.wait_until_serving(300)
-        self.start_seconds = time.monotonic() - started
-        self.transport = next((ln.strip() for ln in self.lines if "gRPC transport" in ln), "unknown")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(60)
-
-
-def load(server: Server, model: str, **kw) -> dict:
-    from genserve.loadgen import LoadSpec, run_load
-
-    s = run_load(LoadSpec(server.target, model, warmup=1.0, **kw)).stats
-    return {k: s[k] for k in ("throughput", "latency_mean", "latency_p50", "latency_p99", "status_counts")}
-
-
 def part_served(models: Path, sizes: Sizes) -> dict:
+    from benchmarks import batching, diffusion_batching
+
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:  # only the two models: every model would capture its graphs
         repo = Path(tmp)
         for name in (DCGAN, DDPM):
             (repo / name).symlink_to(models / name)
-        dcgan = {}
-        for label, args in (("batched", ()), ("unbatched", ("--max-batch-size", "1"))):
-            server = Server(repo, sizes, *args)
-            try:
-                dcgan[label] = {
-                    "start_seconds": round(server.start_seconds, 1),
-                    "transport": server.transport,
-                    "c32": load(server, DCGAN, concurrency=32, duration=sizes.load_seconds),
-                    "c1": load(server, DCGAN, concurrency=1, duration=sizes.load_seconds),
-                }
-            finally:
-                server.stop()
-            log(f"dcgan {label}: {dcgan[label]['c32']['throughput']:.0f} req/s at 32")
+        flags = ["--models", str(repo), "--backend", "cuda"] + ([] if sizes.graphs else ["--cuda-graphs", "off"])
+        flags += [] if sizes.device == "cuda" else ["--device", sizes.device]
+        dcgan = {
+            label: batching.measure(flags + batching.CONFIGS[config], sizes.load_seconds)
+            for label, config in (("batched", "batch64"), ("unbatched", "batch1"))
+        }
         b, u = dcgan["batched"], dcgan["unbatched"]
         dcgan["targets"] = {
             "throughput_c32": target(
@@ -365,30 +319,13 @@ def part_served(models: Path, sizes: Sizes) -> dict:
             "p99_c1": target(round(b["c1"]["latency_p99"] / u["c1"]["latency_p99"], 2), 1.2, True, "p99 at 1"),
         }
         out[DCGAN] = dcgan
-
-        ddpm: dict = {"steps": list(sizes.ddpm_load_steps)}
-        capacity = {}
-        for mode in ("step", "request"):
-            server = Server(repo, sizes, "--diffusion-batching", mode)
-            try:
-                capacity[mode] = load(
-                    server, DDPM, concurrency=16, duration=sizes.load_seconds, steps=sizes.ddpm_load_steps
-                )["throughput"]
-            finally:
-                server.stop()
-        rate = 0.7 * min(capacity.values())
-        ddpm["capacity_rps"], ddpm["offered_rps"] = capacity, rate
-        for mode in ("step", "request"):
-            server = Server(repo, sizes, "--diffusion-batching", mode)
-            try:
-                ddpm[mode] = load(server, DDPM, rate=rate, duration=sizes.poisson_seconds, steps=sizes.ddpm_load_steps)
-            finally:
-                server.stop()
-            log(f"ddpm {mode}-level at {rate:.1f} req/s: mean {ddpm[mode]['latency_mean']:.3f} s")
-        s, r = ddpm["step"], ddpm["request"]
+        ddpm, _ = diffusion_batching.compare(
+            tuple(flags), sizes.ddpm_load_steps, sizes.poisson_seconds, 0.7, capacity_duration=sizes.load_seconds
+        )
+        ddpm["steps"] = list(sizes.ddpm_load_steps)
         ddpm["targets"] = {
-            "mean": target(round(s["latency_mean"] / r["latency_mean"], 3), 0.5, True, "step / request, mean"),
-            "p99": target(round(s["latency_p99"] / r["latency_p99"], 3), 0.7, True, "step / request, p99"),
+            "mean": target(ddpm["mean_latency_ratio"], 0.5, True, "step / request, mean"),
+            "p99": target(ddpm["p99_latency_ratio"], 0.7, True, "step / request, p99"),
         }
         out[DDPM] = ddpm
     return out
@@ -427,6 +364,9 @@ def environment(sizes: Sizes) -> dict:
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
         "device": sizes.device,
+        "grpc_transport": f"native (gRPC C++ {native.grpc_version()})"
+        if native.available()
+        else "grpcio: " + native.unavailable_reason(),
     }
     if sizes.device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name()
