@@ -129,6 +129,11 @@ def _number(lo: float):
     )
 
 
+def _one_of(choices) -> tuple[Any, str]:
+    values = [getattr(c, "value", c) for c in choices]  # an Enum's values, or the strings themselves
+    return (lambda v: v in values, "one of " + ", ".join(values))
+
+
 _MODEL_KEYS: dict[str, tuple[Any, str]] = {
     "max_batch_size": _int(1),
     "max_queue_delay_ms": _number(0),
@@ -143,15 +148,15 @@ _MODEL_KEYS: dict[str, tuple[Any, str]] = {
     "instances": _int(1),
     "intra_op_threads": _int(0),
     "diffusion_batching": (lambda v: v in ("step", "request"), '"step" or "request"'),
-    "precision": (lambda v: v in {p.value for p in Precision}, "one of " + ", ".join(p.value for p in Precision)),
+    "precision": _one_of(Precision),
 }
 _SERVER_KEYS: dict[str, tuple[Any, str]] = {
     "models": (lambda v: isinstance(v, str) and v != "", "a path"),
     "host": (lambda v: isinstance(v, str) and v != "", "a host name or address"),
     "port": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 65535, "a port in [0, 65535]"),
-    "backend": (lambda v: v in {b.value for b in Backend}, "one of " + ", ".join(b.value for b in Backend)),
-    "frontend": (lambda v: v in FRONTENDS, "one of " + ", ".join(FRONTENDS)),
-    "precision": (lambda v: v in {p.value for p in Precision}, "one of " + ", ".join(p.value for p in Precision)),
+    "backend": _one_of(Backend),
+    "frontend": _one_of(FRONTENDS),
+    "precision": _one_of(Precision),
     "cuda_graphs": (lambda v: isinstance(v, bool), "true or false"),
     "compile": (lambda v: isinstance(v, bool), "true or false"),
     "device": (lambda v: isinstance(v, str) and v != "", 'a torch device ("cuda:0", "cpu")'),
