@@ -112,9 +112,12 @@ class TorchEngine:
             self.module = torch.compile(self.module, dynamic=False)
         self.stream = torch.cuda.Stream(self.device) if self.on_cuda else None
         self.graph_pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
-        self._inputs = {  # static device inputs at the largest batch (buckets run on their leading rows)
+        # Static device inputs at the largest batch (buckets run on their leading rows); the CPU
+        # reference without buckets runs straight from the feeds and needs none.
+        static = self.buckets is not None or self.on_cuda
+        self._inputs = {
             spec.name: torch.zeros(spec.concrete(max_batch_size), dtype=_dtype(spec.dtype), device=self.device)
-            for spec in signature.inputs
+            for spec in (signature.inputs if static else ())
         }
         self._staging = (
             {  # pinned host copies of the inputs, so the copy in is asynchronous
@@ -184,7 +187,7 @@ class TorchEngine:
     def _run_device(self, feeds: dict[str, np.ndarray]) -> tuple[torch.Tensor, int]:
         """The first output on the device for a NumPy batch: (rows [0, n) of it valid, n)."""
         n = len(next(iter(feeds.values())))
-        if self.buckets is None and not self.on_cuda:  # the CPU reference: straight through
+        if not self._inputs:  # the CPU reference: straight through
             args = [torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in self.signature.input_names]
             return self.forward(*args), n
         b = bucket_for(n, self.buckets) if self.buckets else n
