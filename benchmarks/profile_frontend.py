@@ -31,7 +31,17 @@ from genserve.serving.config import FRONTENDS
 
 # Innermost matching frame decides; our own files first, so a handler that calls into grpc is ours.
 OURS = (
-    ("RPC handlers (decode, submit, respond)", ("serving/kserve.py", "serving/servicer.py", "serving/convert.py")),
+    (
+        "RPC handlers (decode, submit, respond)",
+        (
+            "serving/kserve.py",
+            "serving/kserve_contract.py",
+            "serving/kserve_stats.py",
+            "serving/servicer.py",
+            "serving/registry.py",
+            "serving/convert.py",
+        ),
+    ),
     ("batcher and hand-off to the engine", ("serving/batcher.py", "serving/batching.py", "serving/scheduler.py")),
     ("engine thread (noise, ONNX Runtime, uint8)", ("serving/runner.py", "serving/engines.py", "genserve/noise.py")),
     ("metrics", ("serving/metrics.py", "prometheus_client")),

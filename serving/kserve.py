@@ -2,424 +2,50 @@
 same server and models as genserve's own API.
 
 The service and messages are Triton's, from NVIDIA's own generated modules in the
-``tritonclient`` package (``tritonclient.grpc.service_pb2``, ``service_pb2_grpc``,
-``model_config_pb2``; nothing is vendored or generated here, see protos/README.md), so Triton's
-client and other KServe v2 clients work against genserve unchanged. This module is the KServe
-counterpart of ``servicer`` and ``convert`` together: it is the only module that imports
-tritonclient's generated code (the KServe conversions live here, in one module of their own).
-Like every servicer it raises domain errors and never sets a status code
+``tritonclient`` package (nothing is vendored or generated here, see protos/README.md), so
+Triton's client and other KServe v2 clients work against genserve unchanged. This module is the
+KServe counterpart of ``servicer``: request message to domain requests, the model's scheduler,
+images to response message. The tensor contract and every message conversion are
+``kserve_contract`` (the counterpart of ``convert``, and the only module that imports the
+generated messages); this module uses the generated service code only (the base class and its
+registration). Like every servicer it raises domain errors and never sets a status code
 (``interceptors.with_error_statuses`` maps them).
 
-Tensor contract (``max_batch_size`` = the model's ``max_images``, batch dim first; one row = one
-image, and each row is submitted as its own one-image request):
-
-    samplers and diffusion models
-    input  SEED        INT64  dims [1]          required; row r is made from seed SEED[r]
-    input  STEPS       INT32  dims [1]          diffusion only, optional; the same on every row;
-                                                absent = the model's default steps
-    input  LABEL       INT32  dims [1]          class-conditional models only, optional; absent =
-                                                a class per image drawn from its seed
-    input  GUIDANCE    FP32   dims [1]          class-conditional diffusion only, optional; the
-                                                classifier-free guidance scale of row r; absent =
-                                                the model's default
-    translators
-    input  SOURCE      UINT8  dims [h, w, c]    required; the model's input image (input_shape)
-    every model
-    output IMAGE       UINT8  dims [H, W, C]    returned when no output is named, or when named
-    output IMAGE_FP32  FP32   dims [H, W, C]    only when named: IMAGE / 255, for float pipelines
-
-Row r of IMAGE is byte for byte image 0 of genserve's own ``Generate(model, num_images=1,
-seed=SEED[r], steps=STEPS, label=LABEL[r], guidance=GUIDANCE[r])``, or of ``Translate(model, [SOURCE[r]])``. The rows
-are submitted concurrently, so the dynamic batcher (one-pass models) or the step scheduler
-(diffusion) batches them with each other and with every other client's work; each row counts
-against the model's ``max_queue_size``. The call's gRPC deadline bounds every row, and the
-request parameter ``timeout`` (microseconds, as ``tritonclient``'s ``timeout=`` sends it) adds a
-queue timeout; other request parameters are ignored. Unlike Triton, a call naming no output gets
-IMAGE only (not every output): the float copy is four times the bytes and few clients want it.
-
-Inputs come as little-endian ``raw_input_contents`` (what Triton's clients send) or in the typed
-``contents`` fields (``int64_contents`` for SEED, ``int_contents`` for STEPS and LABEL,
-``fp32_contents`` for GUIDANCE, ``uint_contents`` for SOURCE); outputs are returned in
-``raw_output_contents``, which is what Triton's clients read. ModelStreamInfer takes a stream of
-ModelInferRequests and answers each with one ModelStreamInferResponse as soon as it is done (so
-not always in request order; match them by ``id``); a failed request gets ``error_message`` and
-the stream goes on. Shared-memory tensors and the repository-control, shared-memory, trace and
-log RPCs are not supported (UNIMPLEMENTED, the generated base class's answer).
-
-ModelStatistics: ``success`` and ``fail`` count this API's ModelInfer calls with their wall time.
-``queue``, ``compute_infer``, ``execution_count`` and ``inference_count`` are the model's
-scheduler totals (``metrics.Totals``), which cover the requests of both APIs because they share
-the same engine calls: queue time once per request (each ModelInfer row is one request),
-compute time as Triton attributes it to batched requests, executions = engine calls, inferences
-= engine rows. Compute input and output run inside the engine call: counted, with zero time
-(their time is in compute_infer).
+ModelInfer submits each row of a call as its own one-image request, concurrently, under the
+call's gRPC deadline; the first row to fail cancels the others. ModelStreamInfer takes a stream
+of ModelInferRequests and answers each with one ModelStreamInferResponse as soon as it is done
+(so not always in request order; match them by ``id``); a failed request gets ``error_message``
+and the stream goes on. ``kserve_stats`` says what ModelStatistics counts. The
+repository-control, shared-memory, trace and log RPCs are not supported (UNIMPLEMENTED, the
+generated base class's answer).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import importlib.metadata
-import math
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
 
 import grpc
 import numpy as np
+from google.protobuf import descriptor_pool
 
-# NVIDIA's generated code for the protocol (importing it also imports the tritonclient.grpc
-# client package: grpc, numpy and tritonclient.utils, no torch). It registers in protobuf's
-# default descriptor pool, so server reflection describes the service like genserve's own.
-from tritonclient.grpc import model_config_pb2 as mc
-from tritonclient.grpc import service_pb2 as pb
+# NVIDIA's generated service code (importing it registers the protocol's messages and service in
+# protobuf's default descriptor pool, which server reflection reads).
 from tritonclient.grpc import service_pb2_grpc
 
+from genserve.serving import kserve_contract as contract
 from genserve.serving.config import ServerConfig
-from genserve.serving.domain import GenerateRequest, ModelInfo, Request, TranslateRequest
-from genserve.serving.errors import InvalidArgument, NotFound, ServingError
+from genserve.serving.domain import ModelInfo
+from genserve.serving.errors import NotFound, ServingError
 from genserve.serving.interceptors import Admission
-from genserve.serving.metrics import Metrics, Totals
+from genserve.serving.kserve_stats import InferStats
+from genserve.serving.metrics import Metrics
+from genserve.serving.registry import ModelRegistry
 from genserve.serving.scheduler import ModelScheduler
-from genserve.serving.servicer import ModelRegistry
-from genserve.signature import ModelKind
 
-SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-SERVICE_NAME: str = SERVICE_DESCRIPTOR.full_name  # "inference.GRPCInferenceService"
-SERVER_NAME = "genserve"
-# Triton protocol extensions genserve implements in full: the ModelConfig and ModelStatistics RPCs.
-EXTENSIONS = ("model_configuration", "statistics")
-SEED, STEPS, LABEL, GUIDANCE, SOURCE = "SEED", "STEPS", "LABEL", "GUIDANCE", "SOURCE"
-IMAGE, IMAGE_FP32 = "IMAGE", "IMAGE_FP32"
-READY = "READY"
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One tensor of the contract: KServe datatype, Triton config type, little-endian NumPy dtype,
-    dims of one row."""
-
-    name: str
-    datatype: str
-    config_type: int
-    dtype: np.dtype
-    contents_field: str = ""  # where typed contents carry it (inputs only)
-    optional: bool = False
-    dims: tuple[int, ...] = (1,)
-
-    @property
-    def row_size(self) -> int:
-        return math.prod(self.dims)
-
-
-_SEED = TensorSpec(SEED, "INT64", mc.TYPE_INT64, np.dtype("<i8"), "int64_contents")
-_STEPS = TensorSpec(STEPS, "INT32", mc.TYPE_INT32, np.dtype("<i4"), "int_contents", optional=True)
-_LABEL = TensorSpec(LABEL, "INT32", mc.TYPE_INT32, np.dtype("<i4"), "int_contents", optional=True)
-_GUIDANCE = TensorSpec(GUIDANCE, "FP32", mc.TYPE_FP32, np.dtype("<f4"), "fp32_contents", optional=True)
-
-
-def input_specs(info: ModelInfo) -> tuple[TensorSpec, ...]:
-    return _input_specs(info.kind, info.num_classes, info.input_shape)
-
-
-def output_specs(info: ModelInfo) -> tuple[TensorSpec, ...]:
-    """IMAGE, then IMAGE_FP32: per-row dims [H, W, C] (genserve images are HWC; image_shape is CHW)."""
-    return _output_specs(info.image_shape)
-
-
-# Cached: every ModelInfer needs them, and building them was a tenth of a small call's Python time.
-@functools.cache
-def _input_specs(
-    kind: ModelKind, num_classes: int | None, input_shape: tuple[int, int, int] | None
-) -> tuple[TensorSpec, ...]:
-    if kind is ModelKind.TRANSLATOR:
-        c, h, w = input_shape
-        return (TensorSpec(SOURCE, "UINT8", mc.TYPE_UINT8, np.dtype(np.uint8), "uint_contents", dims=(h, w, c)),)
-    specs = (_SEED, _STEPS) if kind is ModelKind.DIFFUSION else (_SEED,)
-    if num_classes is not None:
-        specs += (_LABEL, _GUIDANCE) if kind is ModelKind.DIFFUSION else (_LABEL,)
-    return specs
-
-
-@functools.cache
-def _output_specs(image_shape: tuple[int, int, int]) -> tuple[TensorSpec, ...]:
-    c, h, w = image_shape
-    return (
-        TensorSpec(IMAGE, "UINT8", mc.TYPE_UINT8, np.dtype(np.uint8), dims=(h, w, c)),
-        TensorSpec(IMAGE_FP32, "FP32", mc.TYPE_FP32, np.dtype("<f4"), dims=(h, w, c)),
-    )
-
-
-def platform(config: ServerConfig) -> str:
-    return f"genserve_{config.backend.value}"
-
-
-# --- ModelInfer: request -> domain ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InferCall:
-    """A decoded ModelInferRequest: one domain request per row, and the outputs to return."""
-
-    rows: tuple[Request, ...]
-    outputs: tuple[TensorSpec, ...]
-
-
-def _describe(specs: Iterable[TensorSpec]) -> str:
-    return ", ".join(f"{s.name} ({s.datatype} {[-1, *s.dims]}{', optional' if s.optional else ''})" for s in specs)
-
-
-def _rows(spec: TensorSpec, model: str, shape: list[int], max_batch: int) -> int:
-    """Rows of an input; InvalidArgument unless ``shape`` is [B, *dims] with 1 <= B <= max_batch."""
-    if shape[1:] != list(spec.dims):
-        raise InvalidArgument(
-            f"input {spec.name} of model {model} must have shape [batch, {', '.join(map(str, spec.dims))}] "
-            f"(dims {list(spec.dims)} with a batch dimension), got {shape}"
-        )
-    if not 1 <= shape[0] <= max_batch:
-        raise InvalidArgument(
-            f"input {spec.name} of model {model} has batch size {shape[0]}; it must be in [1, {max_batch}] "
-            f"(max_batch_size of {model})"
-        )
-    return shape[0]
-
-
-def _values(
-    tensor: pb.ModelInferRequest.InferInputTensor, spec: TensorSpec, raw: bytes | None, rows: int
-) -> np.ndarray:
-    """The ``rows`` rows of one input, (rows, *dims), from its raw bytes or its typed contents."""
-    count = rows * spec.row_size
-    if raw is not None:
-        if tensor.HasField("contents"):
-            raise InvalidArgument(f"input {spec.name} has both raw_input_contents and contents; send one of them")
-        expected = count * spec.dtype.itemsize
-        if len(raw) != expected:
-            raise InvalidArgument(
-                f"input {spec.name} ({spec.datatype} {list(tensor.shape)}) needs {expected} bytes of "
-                f"raw_input_contents, got {len(raw)}"
-            )
-        return np.frombuffer(raw, dtype=spec.dtype).reshape(rows, *spec.dims)
-    values = getattr(tensor.contents, spec.contents_field)
-    if len(values) != count:
-        raise InvalidArgument(
-            f"input {spec.name} ({spec.datatype} {list(tensor.shape)}) needs {count} values in "
-            f"contents.{spec.contents_field}, got {len(values)} (or send raw_input_contents)"
-        )
-    info = np.iinfo(spec.dtype) if spec.dtype.kind in "iu" else None
-    array = np.asarray(values)
-    if info is not None and array.size and (array.min() < info.min or array.max() > info.max):
-        raise InvalidArgument(f"input {spec.name} has values outside the range of {spec.datatype}")
-    return array.astype(spec.dtype).reshape(rows, *spec.dims)
-
-
-def _inputs(msg: pb.ModelInferRequest, info: ModelInfo) -> dict[str, np.ndarray]:
-    """Every input of the request, checked against the model's contract: name -> (rows, *dims)."""
-    model, specs = info.name, {s.name: s for s in input_specs(info)}
-    raws = list(msg.raw_input_contents)
-    if raws and len(raws) != len(msg.inputs):
-        raise InvalidArgument(
-            f"raw_input_contents has {len(raws)} entries for {len(msg.inputs)} inputs; send one per input, in order"
-        )
-    values: dict[str, np.ndarray] = {}
-    for i, tensor in enumerate(msg.inputs):
-        spec = specs.get(tensor.name)
-        if spec is None:
-            raise InvalidArgument(
-                f"model {model} has no input named {tensor.name!r}; its inputs: {_describe(specs.values())}"
-            )
-        if tensor.name in values:
-            raise InvalidArgument(f"input {tensor.name} is given more than once")
-        if tensor.datatype != spec.datatype:
-            raise InvalidArgument(
-                f"input {spec.name} of model {model} must be {spec.datatype}, got {tensor.datatype or '(none)'}"
-            )
-        if "shared_memory_region" in tensor.parameters:
-            raise InvalidArgument(f"input {spec.name}: shared memory is not supported by genserve; send the data")
-        rows = _rows(spec, model, list(tensor.shape), info.max_images)
-        if values and rows != len(next(iter(values.values()))):
-            first = next(iter(values))
-            raise InvalidArgument(
-                f"input {spec.name} has {rows} rows but {first} has {len(values[first])}; give every input the same"
-            )
-        values[spec.name] = _values(tensor, spec, raws[i] if raws else None, rows)
-    for spec in specs.values():
-        if not spec.optional and spec.name not in values:
-            raise InvalidArgument(f"model {model} needs input {spec.name}; its inputs: {_describe(specs.values())}")
-    return values
-
-
-def infer_call_from_proto(msg: pb.ModelInferRequest, info: ModelInfo) -> InferCall:
-    """Check a ModelInferRequest against the model's tensor contract and decode it into one domain
-    request per row; InvalidArgument naming the problem and what is allowed."""
-    values = _inputs(msg, info)
-    timeout = _timeout(msg)
-    outputs = requested_outputs(msg, info)
-    model = info.name
-    if info.kind is ModelKind.TRANSLATOR:
-        return InferCall(tuple(TranslateRequest(model, (image,), timeout=timeout) for image in values[SOURCE]), outputs)
-    steps = None
-    if STEPS in values:
-        column = values[STEPS][:, 0]
-        if np.any(column != column[0]):
-            raise InvalidArgument(f"input {STEPS} must be the same on every row, got {column.tolist()}")
-        steps = int(column[0])
-    unset = [None] * len(values[SEED])
-    labels = values[LABEL][:, 0].tolist() if LABEL in values else unset
-    guidances = values[GUIDANCE][:, 0].tolist() if GUIDANCE in values else unset
-    rows = tuple(
-        GenerateRequest(model, 1, seed=int(seed), steps=steps, label=label, guidance=guidance, timeout=timeout)
-        for seed, label, guidance in zip(values[SEED][:, 0].tolist(), labels, guidances, strict=True)
-    )
-    return InferCall(rows, outputs)
-
-
-def _timeout(msg: pb.ModelInferRequest) -> float | None:
-    """The request parameter ``timeout`` (int64 microseconds, Triton's), in seconds; 0 or absent = none."""
-    if "timeout" not in msg.parameters:
-        return None
-    param = msg.parameters["timeout"]
-    if param.WhichOneof("parameter_choice") != "int64_param" or param.int64_param < 0:
-        raise InvalidArgument("parameter timeout must be an int64 number of microseconds >= 0 (0 = none)")
-    return param.int64_param / 1e6 or None
-
-
-def requested_outputs(msg: pb.ModelInferRequest, info: ModelInfo) -> tuple[TensorSpec, ...]:
-    """The outputs to return, in the order asked (IMAGE when none is named); InvalidArgument for
-    an output the model does not have."""
-    specs = {s.name: s for s in output_specs(info)}
-    if not msg.outputs:
-        return (specs[IMAGE],)
-    chosen = []
-    for output in msg.outputs:
-        if output.name not in specs:
-            raise InvalidArgument(
-                f"model {info.name} has no output named {output.name!r}; its outputs: {_describe(specs.values())}"
-            )
-        if "shared_memory_region" in output.parameters:
-            raise InvalidArgument(f"output {output.name}: shared memory is not supported by genserve")
-        chosen.append(specs[output.name])
-    return tuple(chosen)
-
-
-def infer_response_to_proto(
-    msg: pb.ModelInferRequest, info: ModelInfo, images: np.ndarray, outputs: tuple[TensorSpec, ...]
-) -> pb.ModelInferResponse:
-    """uint8 images (B, H, W, C) -> ModelInferResponse with the asked outputs in raw_output_contents."""
-    data = np.ascontiguousarray(images, dtype=np.uint8)
-    tensor = pb.ModelInferResponse.InferOutputTensor
-    return pb.ModelInferResponse(
-        model_name=info.name,
-        model_version=info.version,
-        id=msg.id,
-        outputs=[tensor(name=s.name, datatype=s.datatype, shape=data.shape) for s in outputs],
-        raw_output_contents=[_raw(data, s.name) for s in outputs],
-    )
-
-
-def _raw(images: np.ndarray, output: str) -> bytes:
-    return images.tobytes() if output == IMAGE else (images / np.float32(255.0)).astype("<f4").tobytes()
-
-
-# --- Metadata and configuration ------------------------------------------------------------------
-
-
-def model_metadata_to_proto(info: ModelInfo, config: ServerConfig) -> pb.ModelMetadataResponse:
-    tensor = pb.ModelMetadataResponse.TensorMetadata
-    return pb.ModelMetadataResponse(
-        name=info.name,
-        versions=[info.version],
-        platform=platform(config),
-        inputs=[tensor(name=s.name, datatype=s.datatype, shape=[-1, *s.dims]) for s in input_specs(info)],
-        outputs=[tensor(name=s.name, datatype=s.datatype, shape=[-1, *s.dims]) for s in output_specs(info)],
-    )
-
-
-def model_config_to_proto(info: ModelInfo, config: ServerConfig) -> mc.ModelConfig:
-    """Triton's ModelConfig of a served model: its tensors, batch limit and queue settings.
-
-    For a diffusion model a batch is the step scheduler's running set of image slots, which waits
-    for no one: preferred sizes and queue delay do not apply there and are left out."""
-    settings = config.settings_for(info.name)
-    queue = mc.ModelQueuePolicy(max_queue_size=settings.max_queue_size)
-    if settings.default_timeout_ms is not None:
-        queue.default_timeout_microseconds = round(settings.default_timeout_ms * 1000)
-    batching = mc.ModelDynamicBatching(
-        priority_levels=settings.priority_levels,
-        default_priority_level=settings.default_priority,
-        default_queue_policy=queue,
-    )
-    parameters = {"kind": info.kind.value}
-    if info.kind is ModelKind.DIFFUSION:
-        parameters |= {
-            "num_timesteps": str(info.num_timesteps),
-            "default_steps": str(info.default_steps),
-            "diffusion_batching": settings.diffusion_batching,
-        }
-    else:
-        batching.preferred_batch_size.extend(settings.preferred_batch_sizes)
-        batching.max_queue_delay_microseconds = round(settings.max_queue_delay_ms * 1000)
-    return mc.ModelConfig(
-        name=info.name,
-        platform=platform(config),
-        backend=SERVER_NAME,
-        max_batch_size=info.max_images,
-        input=[
-            mc.ModelInput(name=s.name, data_type=s.config_type, dims=s.dims, optional=s.optional)
-            for s in input_specs(info)
-        ],
-        output=[mc.ModelOutput(name=s.name, data_type=s.config_type, dims=s.dims) for s in output_specs(info)],
-        dynamic_batching=batching,
-        parameters={k: mc.ModelParameter(string_value=v) for k, v in parameters.items()},
-    )
-
-
-# --- Statistics ----------------------------------------------------------------------------------
-
-
-@dataclass
-class InferStats:
-    """Cumulative ModelInfer outcomes of one model (the success and fail parts of Triton's
-    ModelStatistics; the rest comes from the scheduler's totals)."""
-
-    success_count: int = 0
-    success_ns: int = 0
-    fail_count: int = 0
-    fail_ns: int = 0
-    last_inference_ms: int = 0  # arrival of the latest call, milliseconds since the epoch
-
-    def started(self) -> int:
-        self.last_inference_ms = time.time_ns() // 1_000_000
-        return time.perf_counter_ns()
-
-    def succeeded(self, started_ns: int) -> None:
-        self.success_count += 1
-        self.success_ns += time.perf_counter_ns() - started_ns
-
-    def failed(self, started_ns: int) -> None:
-        self.fail_count += 1
-        self.fail_ns += time.perf_counter_ns() - started_ns
-
-    def to_proto(self, info: ModelInfo, totals: Totals) -> pb.ModelStatistics:
-        return pb.ModelStatistics(
-            name=info.name,
-            version=info.version,
-            last_inference=self.last_inference_ms,
-            inference_count=totals.inference_count,
-            execution_count=totals.execution_count,
-            inference_stats=pb.InferStatistics(
-                success=pb.StatisticDuration(count=self.success_count, ns=self.success_ns),
-                fail=pb.StatisticDuration(count=self.fail_count, ns=self.fail_ns),
-                queue=pb.StatisticDuration(count=totals.queue_count, ns=totals.queue_ns),
-                # perf_analyzer needs the three compute parts counted alike; genserve's input
-                # and output conversions run inside the engine call, so their time is in infer.
-                compute_input=pb.StatisticDuration(count=totals.compute_count, ns=0),
-                compute_infer=pb.StatisticDuration(count=totals.compute_count, ns=totals.compute_ns),
-                compute_output=pb.StatisticDuration(count=totals.compute_count, ns=0),
-            ),
-        )
-
-
-# --- The servicer --------------------------------------------------------------------------------
+SERVICE_NAME = "inference.GRPCInferenceService"  # the protocol's service, as its .proto names it
+SERVICE_DESCRIPTOR = descriptor_pool.Default().FindServiceByName(SERVICE_NAME)
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -450,11 +76,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return self._stats.setdefault(model, InferStats())
 
     async def ServerLive(self, request, context: grpc.aio.ServicerContext):
-        return pb.ServerLiveResponse(live=True)
+        return contract.server_live_response()
 
     async def ServerReady(self, request, context: grpc.aio.ServicerContext):
         """Ready once every model is loaded, until the server starts draining."""
-        return pb.ServerReadyResponse(ready=self._registry.loaded and self._admission.open)
+        return contract.server_ready_response(self._registry.loaded and self._admission.open)
 
     async def ModelReady(self, request, context: grpc.aio.ServicerContext):
         """Triton's answer: false, not an error, for a model that is not served (yet) or another version."""
@@ -465,26 +91,23 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             and self._admission.open
             and request.version in ("", info.version)
         )
-        return pb.ModelReadyResponse(ready=ready)
+        return contract.model_ready_response(ready)
 
     async def ServerMetadata(self, request, context: grpc.aio.ServicerContext):
-        return pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=importlib.metadata.version("genserve"), extensions=EXTENSIONS
-        )
+        return contract.server_metadata_response(importlib.metadata.version("genserve"))
 
     async def ModelMetadata(self, request, context: grpc.aio.ServicerContext):
         info, _ = self._model(request.name, request.version)
-        return model_metadata_to_proto(info, self._config)
+        return contract.model_metadata_to_proto(info, self._config)
 
     async def ModelConfig(self, request, context: grpc.aio.ServicerContext):
         info, _ = self._model(request.name, request.version)
-        return pb.ModelConfigResponse(config=model_config_to_proto(info, self._config))
+        return contract.model_config_response(info, self._config)
 
     async def RepositoryIndex(self, request, context: grpc.aio.ServicerContext):
         """Every served model is READY (genserve loads the whole repository before it serves)."""
-        index = pb.RepositoryIndexResponse.ModelIndex
         infos = sorted(self._infos().values(), key=lambda i: i.name)
-        return pb.RepositoryIndexResponse(models=[index(name=i.name, version=i.version, state=READY) for i in infos])
+        return contract.repository_index_response(infos)
 
     async def ModelStatistics(self, request, context: grpc.aio.ServicerContext):
         """One model's statistics, or every model's when no name is given."""
@@ -492,8 +115,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             infos = [self._model(request.name, request.version)[0]]
         else:
             infos = sorted(self._infos().values(), key=lambda i: i.name)
-        return pb.ModelStatisticsResponse(
-            model_stats=[self._stats_of(i.name).to_proto(i, self._metrics.for_model(i.name).totals) for i in infos]
+        return contract.model_statistics_response(
+            [
+                contract.model_statistics_to_proto(i, self._stats_of(i.name), self._metrics.for_model(i.name).totals)
+                for i in infos
+            ]
         )
 
     async def ModelInfer(self, request, context: grpc.aio.ServicerContext):
@@ -510,10 +136,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         async def answer(request) -> None:
             try:
                 self._admission.check()  # the stream's later requests are refused while the server drains
-                response = pb.ModelStreamInferResponse(infer_response=await self._infer(request, deadline))
+                response = contract.stream_infer_response(await self._infer(request, deadline))
             except ServingError as exc:
-                failed = pb.ModelInferResponse(id=request.id, model_name=request.model_name)
-                response = pb.ModelStreamInferResponse(error_message=str(exc), infer_response=failed)
+                response = contract.stream_error_response(request, str(exc))
             await answers.put(response)
 
         async def read() -> None:
@@ -534,18 +159,18 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             for task in (reader, *running):
                 task.cancel()
 
-    async def _infer(self, request, deadline: float | None) -> pb.ModelInferResponse:
+    async def _infer(self, request, deadline: float | None):
         info, scheduler = self._model(request.model_name, request.model_version)
         stats = self._stats_of(info.name)
         started = stats.started()
         try:
-            call = infer_call_from_proto(request, info)
+            call = contract.infer_call_from_proto(request, info)
             images = await _gather([scheduler.submit(row, deadline) for row in call.rows])
         except BaseException:  # cancellations too: the call did not succeed
             stats.failed(started)
             raise
         stats.succeeded(started)
-        return infer_response_to_proto(request, info, images, call.outputs)
+        return contract.infer_response_to_proto(request, info, images, call.outputs)
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:

@@ -24,8 +24,9 @@ from genserve.serving.config import ConfigError, ServerConfig
 from genserve.serving.interceptors import Admission, with_error_statuses
 from genserve.serving.metrics import Metrics
 from genserve.serving.pb import genserve_pb2_grpc
-from genserve.serving.runner import ModelRunner, load_repository
-from genserve.serving.servicer import GenerationServicer, ModelRegistry
+from genserve.serving.registry import ModelRegistry, load_repository
+from genserve.serving.runner import ModelRunner
+from genserve.serving.servicer import GenerationServicer
 
 __all__ = ["GenserveServer", "ServerConfig", "StartupError", "run", "serve"]
 

@@ -17,15 +17,11 @@ from dataclasses import dataclass, field
 import grpc
 
 from genserve.serving import convert
-from genserve.serving.config import ServerConfig
 from genserve.serving.diffusion import DiffusionScheduler
-from genserve.serving.domain import ModelInfo
-from genserve.serving.errors import NotFound, Unavailable, status_name
+from genserve.serving.errors import status_name
 from genserve.serving.metrics import UNKNOWN_MODEL, Metrics
 from genserve.serving.pb import genserve_pb2_grpc
-from genserve.serving.runner import ModelRunner
-from genserve.serving.scheduler import ImageBatchScheduler, ModelScheduler
-from genserve.signature import ModelKind
+from genserve.serving.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -37,48 +33,6 @@ class _Call:
     deadline: float | None  # time.monotonic() time, or None
     model: str = UNKNOWN_MODEL  # until the request names a served model
     started: float = field(default_factory=time.perf_counter)
-
-
-class ModelRegistry:
-    """The served models: their public description and their scheduler, by name."""
-
-    def __init__(self) -> None:
-        self.loaded = False  # True once every model of the repository is in
-        self._infos: dict[str, ModelInfo] = {}
-        self._schedulers: dict[str, ModelScheduler] = {}
-
-    def add_runners(
-        self,
-        runners: dict[str, ModelRunner],
-        config: ServerConfig,
-        executor: concurrent.futures.Executor,
-        metrics: Metrics,
-    ) -> None:
-        for name, runner in runners.items():
-            self._infos[name] = ModelInfo.from_manifest(runner.manifest, runner.max_images)
-            kind = DiffusionScheduler if runner.manifest.kind is ModelKind.DIFFUSION else ImageBatchScheduler
-            self._schedulers[name] = kind(runner, config.settings_for(name), executor, metrics.for_model(name))
-        self.loaded = True
-
-    def infos(self) -> list[ModelInfo]:
-        return list(self._infos.values())
-
-    def info(self, model: str) -> ModelInfo:
-        """The served model ``model`` (NotFound listing the served ones; Unavailable while loading)."""
-        self.scheduler(model)
-        return self._infos[model]
-
-    def schedulers(self) -> dict[str, ModelScheduler]:
-        return dict(self._schedulers)
-
-    def scheduler(self, model: str) -> ModelScheduler:
-        try:
-            return self._schedulers[model]
-        except KeyError:
-            if not self.loaded:
-                raise Unavailable("the server is still loading its models; retry shortly") from None
-            served = ", ".join(sorted(self._schedulers)) or "(none)"
-            raise NotFound(f"no model named {model!r}; served models: {served}") from None
 
 
 class GenerationServicer(genserve_pb2_grpc.GenerationServiceServicer):

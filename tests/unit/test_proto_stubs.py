@@ -1,6 +1,7 @@
 """The generated-code policy (protos/README.md): committed stubs equal a fresh generation, only
 the conversion module imports generated message code, and the KServe v2 service's generated code
-is tritonclient's (NVIDIA's), imported by serving/kserve.py alone."""
+is tritonclient's (NVIDIA's): its messages imported by serving/kserve_contract.py alone, its
+service code by serving/kserve.py alone."""
 
 from __future__ import annotations
 
@@ -14,13 +15,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 PB = REPO / "serving" / "pb"
 GENERATED = ["genserve_pb2.py", "genserve_pb2.pyi", "genserve_pb2_grpc.py"]
-KSERVE = "serving/kserve.py"
+KSERVE_CONTRACT = "serving/kserve_contract.py"  # the KServe conversions: tritonclient's messages
+KSERVE = "serving/kserve.py"  # the KServe servicer: tritonclient's service code
 # NVIDIA's generated modules of the KServe v2 / Triton protocol, shipped in the tritonclient package.
 TRITON_GENERATED = {
     "tritonclient.grpc.service_pb2",
     "tritonclient.grpc.service_pb2_grpc",
     "tritonclient.grpc.model_config_pb2",
 }
+TRITON_MESSAGES = {"tritonclient.grpc.service_pb2", "tritonclient.grpc.model_config_pb2"}
+TRITON_SERVICE = {"tritonclient.grpc.service_pb2_grpc"}
 
 
 def _sources() -> list[Path]:
@@ -48,12 +52,12 @@ def test_committed_stubs_are_what_protos_generate_writes(tmp_path: Path):
 
 
 def test_only_convert_imports_generated_messages_and_only_server_and_client_import_stubs():
-    """genserve's own and the standard services' generated code; serving/kserve.py (tritonclient's
-    generated code only) is checked by the next test."""
+    """genserve's own and the standard services' generated code; serving/kserve_contract.py
+    (tritonclient's generated messages only) is checked by the next test."""
     message_users, stub_users = set(), set()
     for path in _sources():
         rel = str(path.relative_to(REPO))
-        if PB in path.parents or rel == KSERVE:
+        if PB in path.parents or rel == KSERVE_CONTRACT:
             continue
         text = path.read_text()
         if re.search(r"\b\w+_pb2\b(?!_grpc)", text):
@@ -61,18 +65,28 @@ def test_only_convert_imports_generated_messages_and_only_server_and_client_impo
         if re.search(r"\b\w+_pb2_grpc\b", text):
             stub_users.add(rel)
     assert message_users <= {"serving/convert.py"}
-    assert stub_users <= {"serving/server.py", "serving/servicer.py", "genserve/client.py", "genserve/loadgen.py"}
+    assert stub_users <= {
+        "serving/server.py",
+        "serving/servicer.py",
+        KSERVE,
+        "genserve/client.py",
+        "genserve/loadgen.py",
+    }
 
 
-def test_only_kserve_imports_tritonclients_generated_modules_and_nothing_else_generated():
+def test_only_the_kserve_modules_import_tritonclients_generated_modules_and_nothing_else_generated():
+    """The contract module imports the messages, the servicer the service code; neither imports
+    genserve's own generated code."""
     users = {}
     for path in _sources():
         triton = {m for m in _imported_modules(path) if m.split(".")[0] == "tritonclient"}
         if triton:
             users[str(path.relative_to(REPO))] = triton
-    assert users == {KSERVE: TRITON_GENERATED}
-    kserve_names = set(re.findall(r"\b\w+_pb2(?:_grpc)?\b", (REPO / KSERVE).read_text()))
-    assert kserve_names == {m.rpartition(".")[2] for m in TRITON_GENERATED}  # none of genserve's stubs
+    assert users == {KSERVE_CONTRACT: TRITON_MESSAGES, KSERVE: TRITON_SERVICE}
+    assert TRITON_MESSAGES | TRITON_SERVICE == TRITON_GENERATED
+    for rel, modules in users.items():
+        names = set(re.findall(r"\b\w+_pb2(?:_grpc)?\b", (REPO / rel).read_text()))
+        assert names == {m.rpartition(".")[2] for m in modules}, rel  # none of genserve's stubs
 
 
 def test_kserve_generated_code_is_a_declared_dependency_and_in_the_default_pool():
