@@ -30,8 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from genserve.serving.batching import HIGHEST_PRIORITY, BatchPolicy, Pending, Take, deadlines_only, next_batch
-from genserve.serving.errors import DeadlineExceeded, InternalError, InvalidArgument, Overloaded, ServingError
+from genserve.serving.batching import (
+    BatchPolicy,
+    Pending,
+    QueuePolicy,
+    Take,
+    deadline_error,
+    deadlines_only,
+    next_batch,
+)
+from genserve.serving.errors import InternalError, ServingError
 from genserve.serving.metrics import Metrics, ModelMetrics
 
 log = logging.getLogger(__name__)
@@ -52,44 +60,6 @@ class Slice:
 
 
 Compute = Callable[[Sequence[Slice]], np.ndarray]  # -> (sum of slice units, ...) rows in slice order
-
-
-@dataclass(frozen=True)
-class QueuePolicy:
-    """Admission and priorities (Triton's ``max_queue_size``, ``priority_levels``,
-    ``default_priority_level`` and ``default_timeout_microseconds``)."""
-
-    max_queue_size: int = 128  # requests waiting to start; 0 = unbounded
-    priority_levels: int = 1  # requests carry 1 (first) .. priority_levels; 0 = the default level
-    default_priority: int = 1
-    default_timeout: float | None = None  # seconds, for requests that bring no deadline
-
-    def admit(self, model: str, queued: int, priority: int) -> int:
-        """The priority level a new request gets; raises InvalidArgument or Overloaded."""
-        if not 0 <= priority <= self.priority_levels:
-            raise InvalidArgument(
-                f"priority must be in [0, {self.priority_levels}] for model {model} (0 = default, "
-                f"{HIGHEST_PRIORITY} = first), got {priority}"
-            )
-        if self.max_queue_size and queued >= self.max_queue_size:
-            raise Overloaded(
-                f"model {model} has {queued} requests queued, its limit; retry after a backoff, or on another replica"
-            )
-        return priority or self.default_priority
-
-    def deadline(self, now: float, deadline: float | None, timeout: float | None) -> float | None:
-        """The earlier of the call's deadline and ``now + timeout`` (or the default timeout if neither)."""
-        if timeout is None and deadline is None:
-            timeout = self.default_timeout
-        deadlines = [d for d in (deadline, None if timeout is None else now + timeout) if d is not None]
-        return min(deadlines) if deadlines else None
-
-
-def deadline_error(model: str, waited: float, started: int = 0, units: int = 0) -> DeadlineExceeded:
-    part = f", {started} of its {units} units started" if started else ""
-    return DeadlineExceeded(
-        f"the request's deadline passed after {waited:.3f} s in the queue of model {model}{part}; it was not run"
-    )
 
 
 @dataclass(eq=False)

@@ -8,7 +8,7 @@ The gRPC layer sees one interface, ``ModelScheduler.submit(request, deadline) ->
 - ``diffusion.DiffusionScheduler`` (diffusion models): step-level batching of image slots.
 
 Both validate a request before it queues, so a bad one is rejected at once, and share the
-queue policy (bound, priorities, deadlines) of ``batcher.QueuePolicy``.
+queue policy (bound, priorities, deadlines) of ``batching.QueuePolicy``.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import pytest
 
-from genserve.serving.batcher import DynamicBatcher, QueuePolicy, Slice
-from genserve.serving.batching import BatchPolicy
+from genserve.serving.batcher import DynamicBatcher, Slice
+from genserve.serving.batching import BatchPolicy, QueuePolicy
 from genserve.serving.errors import DeadlineExceeded, InternalError, InvalidArgument, Overloaded
 from genserve.serving.metrics import Metrics
 
@@ -242,11 +242,13 @@ def test_engine_instances_run_batches_concurrently(executor):
         engines = [Engine(open_=False), Engine(open_=False)]
         b = batcher(engines, executor, max_batch_size=1)
         calls = [asyncio.create_task(b.submit(p, 1)) for p in range(2)]
-        await asyncio.to_thread(engines[0].entered.wait, WAIT)
-        await asyncio.to_thread(engines[1].entered.wait, WAIT)  # both busy at once
+        assert await asyncio.to_thread(engines[0].entered.wait, WAIT), "instance 0 never ran"
+        assert await asyncio.to_thread(engines[1].entered.wait, WAIT), "instance 1 never ran while 0 was busy"
+        assert [e.active for e in engines] == [1, 1]  # both in a call at once: neither gate is open yet
         for e in engines:
             e.gate.set()
         await asyncio.wait_for(asyncio.gather(*calls), WAIT)
+        assert [e.max_active for e in engines] == [1, 1]  # one batch per instance at a time
         await b.close()
 
     asyncio.run(scenario())
