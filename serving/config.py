@@ -34,8 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genserve.serving.batcher import QueuePolicy
-from genserve.serving.batching import BatchPolicy
+from genserve.serving.batching import BatchPolicy, QueuePolicy
 from genserve.serving.convert import MAX_MESSAGE_BYTES
 from genserve.serving.engines import Backend, EngineOptions, Precision
 

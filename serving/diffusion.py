@@ -11,7 +11,7 @@ after them, and one ``step`` runs every active row, each at its own timestep wit
 never on the batch it ran in.
 
 Admission, priorities, deadlines and cancellation behave as in the one-pass batcher
-(``batcher.QueuePolicy``); results return the moment a request's last image finishes, and a
+(``batching.QueuePolicy``); results return the moment a request's last image finishes, and a
 cancelled or expired request frees its slots at the next step boundary.
 """
 
@@ -29,8 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from genserve import images
-from genserve.serving.batcher import QueuePolicy, deadline_error
-from genserve.serving.batching import Pending
+from genserve.serving.batching import Pending, QueuePolicy, deadline_error
 from genserve.serving.config import ModelSettings
 from genserve.serving.domain import GenerateRequest
 from genserve.serving.errors import DeadlineExceeded, InternalError, ServingError
@@ -288,7 +287,8 @@ class DiffusionScheduler:
             )
 
     def _join(self, entry: _Request, image_indices: range) -> None:
-        idx = np.asarray(image_indices, dtype=np.int64)
+        """Images ``image_indices`` (positions in the request) start in the rows after the running ones."""
+        idx = np.asarray(entry.request.indices(image_indices.start, image_indices.stop), dtype=np.int64)
         seeds = np.full(len(idx), entry.request.seed, dtype=np.int64)
         conditioning = self.runner.step_conditioning(seeds, idx, entry.plan, entry.request.label)
         self._state.join(len(self._slots), seeds, idx, entry.plan.timesteps, entry.plan.coefs, conditioning)

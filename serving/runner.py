@@ -8,28 +8,23 @@ a translated image depends only on its own input image.
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from genserve import images, noise, schedule
-from genserve.manifest import Manifest, discover
-from genserve.serving.config import ModelSettings
+from genserve.manifest import Manifest
 from genserve.serving.domain import GenerateRequest, Request, TranslateRequest
-from genserve.serving.engines import Backend, Engine, EngineOptions, Precision, create_engine
+from genserve.serving.engines import Backend, Engine, EngineOptions, create_engine
 from genserve.serving.errors import Cancelled, InvalidArgument
 from genserve.serving.slots import REPLAY_STEPS, SlotState, open_slots
 from genserve.signature import ModelKind
 
-log = logging.getLogger(__name__)
-
 MAX_IMAGES_PER_REQUEST = 256
+MAX_FIRST_INDEX = 2**32 - 1  # the wire field is a uint32
 MAX_GUIDANCE = 20.0  # beyond this classifier-free guidance only saturates images
 # The noise.slot_keys step of random class labels; no sampling step (0, 1, ...) collides with it.
 LABEL_STEP = -1
@@ -99,6 +94,8 @@ class ModelRunner:
             raise InvalidArgument(f"{m.name} is a translator model: send it images with Translate, not Generate")
         self._validate_label(request.label)
         self._validate_interpolation(request)
+        if not 0 <= request.first_index <= MAX_FIRST_INDEX:
+            raise InvalidArgument(f"first_index must be in [0, {MAX_FIRST_INDEX}], got {request.first_index}")
         if m.kind is not ModelKind.DIFFUSION:
             for field in ("steps", "sampler", "eta", "guidance"):
                 if getattr(request, field) is not None:
@@ -161,6 +158,11 @@ class ModelRunner:
             raise InvalidArgument(
                 f"interpolate_to_seed applies to latent samplers only; {m.name} is a {m.kind.value} model"
             )
+        if request.first_index:
+            raise InvalidArgument(
+                "first_index must be 0 with interpolate_to_seed: a frame depends on the number of frames, "
+                "so an interpolation is not split"
+            )
         if request.num_images < 2:
             raise InvalidArgument(
                 f"an interpolation needs num_images >= 2 frames (both ends included), got {request.num_images}"
@@ -200,7 +202,7 @@ class ModelRunner:
             if plan is None:
                 out.append(self._run_once(engine, [(request, start, stop)]))
             else:
-                index = np.arange(start, stop)
+                index = np.asarray(request.indices(start, stop), dtype=np.int64)
                 seeds = np.full(len(index), request.seed, dtype=np.int64)
                 out.append(self._diffuse(instance, seeds, index, plan, cancelled, request.label))
         return np.concatenate(out)
@@ -248,9 +250,9 @@ class ModelRunner:
         """The graph inputs of units [start, stop) of one request."""
         if isinstance(request, TranslateRequest):
             return {"source": images.from_uint8(np.stack(request.images[start:stop]))}  # (k, C, h, w)
-        index = np.arange(start, stop)
         if request.interpolate_to_seed is not None:
-            return self._interpolation_feeds(request, index)
+            return self._interpolation_feeds(request, np.arange(start, stop))  # frames: first_index is 0
+        index = np.asarray(request.indices(start, stop), dtype=np.int64)
         return self._sample_feeds(np.full(len(index), request.seed, dtype=np.int64), index, request.label)
 
     def _sample_feeds(self, seeds: np.ndarray, index: np.ndarray, label: int | None = None) -> dict[str, np.ndarray]:
@@ -363,37 +365,3 @@ def _describe(image: np.ndarray) -> str:
 def _stop_if(cancelled: threading.Event | None) -> None:
     if cancelled is not None and cancelled.is_set():
         raise Cancelled("the request was cancelled")
-
-
-def load_repository(
-    models_dir: Path,
-    backend: Backend = Backend.ONNXRUNTIME,
-    settings: Callable[[str], ModelSettings] | None = None,
-    options: EngineOptions | None = None,
-) -> dict[str, ModelRunner]:
-    """Every model folder under ``models_dir``, loaded with its settings (engine instances, threads,
-    precision) and the server's engine ``options``; fails on the first broken folder."""
-    runners = {}
-    options = options or EngineOptions()
-    for folder in discover(models_dir):
-        manifest = Manifest.load(folder)
-        s = settings(manifest.name) if settings else ModelSettings()
-        # A diffusion model runs one step-level batch, on one engine, whatever `instances` says.
-        instances = 1 if manifest.kind is ModelKind.DIFFUSION else s.instances
-        threads = s.intra_op_threads or max(1, (os.cpu_count() or 1) // instances)
-        own = options if s.precision is None else dataclasses.replace(options, precision=Precision(s.precision))
-        runner = ModelRunner(folder, backend, instances=instances, intra_op_threads=threads, options=own)
-        if runner.name in runners:
-            raise ValueError(f"two model folders declare the name {runner.name!r}")
-        runners[runner.name] = runner
-        log.info(
-            "loaded %s (%s) from %s: %d %s engine instance(s), %s, %d thread(s) each",
-            runner.name,
-            runner.manifest.kind.value,
-            folder,
-            instances,
-            backend.value,
-            own.precision.value,
-            threads,
-        )
-    return runners
