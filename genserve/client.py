@@ -11,8 +11,10 @@ INVALID_ARGUMENT, ...) and ``err.details()`` the server's explanation.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -26,6 +28,8 @@ from genserve.serving.domain import GenerateRequest, ModelInfo
 from genserve.serving.pb import genserve_pb2_grpc
 
 __all__ = ["GenserveClient", "ModelInfo", "Sampler", "StreamEvent"]
+
+MAX_IN_FLIGHT = 4  # requests of one split call in flight at once: enough to keep a model's batches full
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class GenserveClient:
             ],
         )
         self._stub = genserve_pb2_grpc.GenerationServiceStub(self._channel)
+        self._limits: dict[str, int] = {}  # images per request, by model (ListModels)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def __enter__(self) -> GenserveClient:
@@ -83,6 +88,8 @@ class GenserveClient:
         label: int | None = None,
         interpolate_to_seed: int | None = None,
         guidance: float | None = None,
+        first_index: int = 0,
+        progress: Callable[[int], object] | None = None,
     ) -> np.ndarray:
         """Generate ``num_images`` images: uint8 (N, H, W, C), decoded from the raw tensors.
 
@@ -90,11 +97,18 @@ class GenserveClient:
         gives up on the request (DEADLINE_EXCEEDED) this long after its arrival; ``label``: the class
         of every image (class-conditional models; default a class per image from the seed);
         ``interpolate_to_seed``: ``num_images`` frames from image 0 of ``seed`` to image 0 of this seed;
-        ``guidance``: the classifier-free guidance scale (class-conditional diffusion models)."""
+        ``guidance``: the classifier-free guidance scale (class-conditional diffusion models);
+        ``first_index``: image i is the seed's image ``first_index + i``.
+
+        Any ``num_images``: more than the model takes per request are sent as several requests
+        (``first_index`` set so the images are the same), a few at a time, and put back in order;
+        ``progress(k)`` is called as each request's ``k`` images arrive."""
         request = _request(
             model, num_images, seed, steps, sampler, eta, priority, timeout_ms, label, interpolate_to_seed, guidance
         )
-        return convert.images_from_response(self._generate(request, convert.ImageEncoding.RAW))
+        request = dataclasses.replace(request, first_index=first_index)
+        responses = self._generate_split(request, convert.ImageEncoding.RAW, progress)
+        return np.concatenate([convert.images_from_response(r) for r in responses])
 
     def generate_png(
         self,
@@ -109,15 +123,31 @@ class GenserveClient:
         label: int | None = None,
         interpolate_to_seed: int | None = None,
         guidance: float | None = None,
+        first_index: int = 0,
+        progress: Callable[[int], object] | None = None,
     ) -> list[bytes]:
         """Like ``generate``, but the images come back as PNG files (bytes), one per image."""
         request = _request(
             model, num_images, seed, steps, sampler, eta, priority, timeout_ms, label, interpolate_to_seed, guidance
         )
-        return convert.pngs_from_response(self._generate(request, convert.ImageEncoding.PNG))
+        request = dataclasses.replace(request, first_index=first_index)
+        responses = self._generate_split(request, convert.ImageEncoding.PNG, progress)
+        return [png for r in responses for png in convert.pngs_from_response(r)]
 
-    def _generate(self, request: GenerateRequest, encoding: convert.ImageEncoding):
-        return self._stub.Generate(convert.generate_request_to_proto(request, encoding), timeout=self.timeout)
+    def _generate_split(
+        self, request: GenerateRequest, encoding: convert.ImageEncoding, progress: Callable[[int], object] | None
+    ) -> list:
+        """The responses of ``request`` sent as requests within the model's limit, in order. An
+        interpolation is sent whole (its frames depend on their count): the server says if it is too long."""
+        splittable = request.interpolate_to_seed is None
+        parts = self._parts(request.model, request.num_images) if splittable else [(0, request.num_images)]
+        messages = [
+            convert.generate_request_to_proto(
+                dataclasses.replace(request, num_images=stop - start, first_index=request.first_index + start), encoding
+            )
+            for start, stop in parts
+        ]
+        return self._in_order(self._stub.Generate, messages, progress)
 
     def translate(
         self,
@@ -125,13 +155,16 @@ class GenserveClient:
         images: np.ndarray | Sequence[bytes],
         priority: int = 0,
         timeout_ms: int | None = None,
+        progress: Callable[[int], object] | None = None,
     ) -> np.ndarray:
         """Translate images with a translator model: uint8 (N, H, W, C) out, one per input image.
 
-        ``images``: a uint8 array (N, H, W) or (N, H, W, C), sent as one raw tensor, or PNG files
-        (bytes), sent as they are; each must have the model's ``ModelInfo.input_shape``."""
-        response = self._translate(model, images, convert.ImageEncoding.RAW, priority, timeout_ms)
-        return convert.images_from_response(response)
+        ``images``: a uint8 array (N, H, W) or (N, H, W, C), sent as raw tensors, or PNG files
+        (bytes), sent as they are; each must have the model's ``ModelInfo.input_shape``. Any number
+        of images: more than the model takes per request go as several requests, as in ``generate``
+        (a translated image depends only on its own input)."""
+        responses = self._translate(model, images, convert.ImageEncoding.RAW, priority, timeout_ms, progress)
+        return np.concatenate([convert.images_from_response(r) for r in responses])
 
     def translate_png(
         self,
@@ -139,10 +172,11 @@ class GenserveClient:
         images: np.ndarray | Sequence[bytes],
         priority: int = 0,
         timeout_ms: int | None = None,
+        progress: Callable[[int], object] | None = None,
     ) -> list[bytes]:
         """Like ``translate``, but the images come back as PNG files (bytes), one per image."""
-        response = self._translate(model, images, convert.ImageEncoding.PNG, priority, timeout_ms)
-        return convert.pngs_from_response(response)
+        responses = self._translate(model, images, convert.ImageEncoding.PNG, priority, timeout_ms, progress)
+        return [png for r in responses for png in convert.pngs_from_response(r)]
 
     def _translate(
         self,
@@ -151,17 +185,55 @@ class GenserveClient:
         encoding: convert.ImageEncoding,
         priority: int,
         timeout_ms: int | None,
-    ):
+        progress: Callable[[int], object] | None,
+    ) -> list:
         raw = isinstance(images, np.ndarray)
-        msg = convert.translate_request_to_proto(
-            model,
-            raw=images if raw else None,
-            pngs=() if raw else images,
-            encoding=encoding,
-            priority=priority,
-            timeout=None if timeout_ms is None else timeout_ms / 1000.0,
-        )
-        return self._stub.Translate(msg, timeout=self.timeout)
+        messages = [
+            convert.translate_request_to_proto(
+                model,
+                raw=images[start:stop] if raw else None,
+                pngs=() if raw else images[start:stop],
+                encoding=encoding,
+                priority=priority,
+                timeout=None if timeout_ms is None else timeout_ms / 1000.0,
+            )
+            for start, stop in self._parts(model, len(images))
+        ]
+        return self._in_order(self._stub.Translate, messages, progress)
+
+    def _parts(self, model: str, n: int) -> list[tuple[int, int]]:
+        """[start, stop) ranges of ``n`` images within the model's per-request limit. The limit is
+        asked once per model (ListModels); an unknown model goes whole, for the server to name."""
+        if n > 1 and model not in self._limits:
+            self._limits.update({m.name: m.max_images for m in self.list_models()})
+        limit = self._limits.get(model) or max(n, 1)
+        parts = max(1, -(-n // limit))  # as few requests as fit, of near-equal sizes: 1000 by 256 = 4 x 250
+        bounds = [n * i // parts for i in range(parts + 1)]
+        return list(itertools.pairwise(bounds))
+
+    def _in_order(self, method, messages: list, progress: Callable[[int], object] | None) -> list:
+        """The responses of ``method`` to ``messages``, sent at most ``MAX_IN_FLIGHT`` at a time, in
+        order; ``progress`` gets each response's image count. The first failure is raised."""
+        responses: list = []
+        pending: list = []
+        try:
+            for msg in messages:
+                pending.append(method.future(msg, timeout=self.timeout))
+                if len(pending) == MAX_IN_FLIGHT:
+                    responses.append(self._collect(pending.pop(0), progress))
+            while pending:
+                responses.append(self._collect(pending.pop(0), progress))
+        finally:
+            for future in pending:
+                future.cancel()
+        return responses
+
+    @staticmethod
+    def _collect(future, progress: Callable[[int], object] | None):
+        response = future.result()
+        if progress is not None:
+            progress(convert.image_count(response))
+        return response
 
     def generate_stream(
         self,

@@ -102,6 +102,7 @@ def generate_request_from_proto(msg: pb.GenerateRequest) -> tuple[GenerateReques
         label=msg.label if msg.HasField("label") else None,
         interpolate_to_seed=msg.interpolate_to_seed if msg.HasField("interpolate_to_seed") else None,
         guidance=float(msg.guidance) if msg.HasField("guidance") else None,
+        first_index=msg.first_index,
     )
     encoding = _enum_from_pb(_ENCODING_FROM_PB, msg.encoding, "encoding", pb.ImageEncoding)
     return request, encoding
@@ -156,6 +157,7 @@ def generate_request_to_proto(
         sampler=pb.SAMPLER_UNSPECIFIED if request.sampler is None else _SAMPLER[request.sampler],
         encoding=_ENCODING[encoding],
         priority=request.priority,
+        first_index=request.first_index,
     )
     if request.steps is not None:
         msg.steps = request.steps
@@ -299,6 +301,10 @@ def images_from_response(msg: pb.GenerateResponse | pb.TranslateResponse) -> np.
 
 def pngs_from_response(msg: pb.GenerateResponse | pb.TranslateResponse) -> list[bytes]:
     return [image.png for image in msg.images]
+
+
+def image_count(msg: pb.GenerateResponse | pb.TranslateResponse) -> int:
+    return len(msg.images)
 
 
 # --- Models ----------------------------------------------------------------------------------

@@ -27,6 +27,11 @@ class GenerateRequest:
     label: int | None = None  # class-conditional models only; None = a class per image from (seed, index)
     interpolate_to_seed: int | None = None  # samplers only: num_images frames from seed's to this seed's latent
     guidance: float | None = None  # class-conditional diffusion only; None = the model's default
+    first_index: int = 0  # image i of the request is image first_index + i of the seed
+
+    def indices(self, start: int, stop: int):
+        """The seed's image indices of the request's images [start, stop)."""
+        return range(self.first_index + start, self.first_index + stop)
 
 
 @dataclass(frozen=True, eq=False)

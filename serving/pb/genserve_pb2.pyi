@@ -119,7 +119,7 @@ class DiffusionInfo(_message.Message):
     def __init__(self, num_timesteps: _Optional[int] = ..., default_steps: _Optional[int] = ..., default_sampler: _Optional[_Union[Sampler, str]] = ..., default_guidance: _Optional[float] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "num_images", "seed", "steps", "sampler", "eta", "encoding", "timeout_ms", "priority", "label", "interpolate_to_seed", "guidance")
+    __slots__ = ("model", "num_images", "seed", "steps", "sampler", "eta", "encoding", "timeout_ms", "priority", "label", "interpolate_to_seed", "guidance", "first_index")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NUM_IMAGES_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +132,7 @@ class GenerateRequest(_message.Message):
     LABEL_FIELD_NUMBER: _ClassVar[int]
     INTERPOLATE_TO_SEED_FIELD_NUMBER: _ClassVar[int]
     GUIDANCE_FIELD_NUMBER: _ClassVar[int]
+    FIRST_INDEX_FIELD_NUMBER: _ClassVar[int]
     model: str
     num_images: int
     seed: int
@@ -144,7 +145,8 @@ class GenerateRequest(_message.Message):
     label: int
     interpolate_to_seed: int
     guidance: float
-    def __init__(self, model: _Optional[str] = ..., num_images: _Optional[int] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., eta: _Optional[float] = ..., encoding: _Optional[_Union[ImageEncoding, str]] = ..., timeout_ms: _Optional[int] = ..., priority: _Optional[int] = ..., label: _Optional[int] = ..., interpolate_to_seed: _Optional[int] = ..., guidance: _Optional[float] = ...) -> None: ...
+    first_index: int
+    def __init__(self, model: _Optional[str] = ..., num_images: _Optional[int] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., eta: _Optional[float] = ..., encoding: _Optional[_Union[ImageEncoding, str]] = ..., timeout_ms: _Optional[int] = ..., priority: _Optional[int] = ..., label: _Optional[int] = ..., interpolate_to_seed: _Optional[int] = ..., guidance: _Optional[float] = ..., first_index: _Optional[int] = ...) -> None: ...
 
 class GenerateStreamRequest(_message.Message):
     __slots__ = ("request", "preview_every")

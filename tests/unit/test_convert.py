@@ -88,6 +88,7 @@ requests = st.builds(
     steps=st.none() | st.integers(-(2**31), 2**31 - 1),
     sampler=st.none() | st.sampled_from(Sampler),
     eta=st.none() | st.floats(width=32, allow_nan=False),
+    first_index=st.integers(0, 2**32 - 1),
 )
 
 
