@@ -85,7 +85,7 @@ def check_parity(
 
 
 MNIST_28 = (1, 28, 28)
-# The guidance scale ddpm-cond-mnist serves by default: see the README's guidance sweep.
+# The guidance scale ddpm-cond-mnist serves by default: see the guidance sweep in docs/models.md.
 DDPM_COND_GUIDANCE = 2.0
 
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics of one server, all labelled by model (names listed in the README).
+"""Prometheus metrics of one server, all labelled by model (names listed in docs/serving.md).
 
 Each server owns its registry, so several in-process servers (tests) never share counters;
 ``serve --metrics-port`` exposes it over HTTP at ``/metrics``.

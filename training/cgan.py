@@ -25,7 +25,7 @@ from genserve.training.loop import (
 @dataclass
 class CGANTrainConfig:
     net: CGANConfig = field(default_factory=CGANConfig)
-    loss: str = GANLoss.LSGAN.value  # the served choice: best of the three in README "Model families"
+    loss: str = GANLoss.LSGAN.value  # the served choice: best of the three (docs/models.md)
     steps: int = 3000  # generator steps
     critic_steps: int = 1  # discriminator steps per generator step (WGAN-GP: 5 in the paper)
     batch_size: int = 64

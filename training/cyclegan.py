@@ -4,7 +4,7 @@ cycle-consistency ||G_BA(G_AB(a)) - a||_1 + ||G_AB(G_BA(b)) - b||_1 weighted by
 ``cycle_weight``, and the identity loss (``identity_weight``) that keeps a generator from
 changing images already in its target domain, as in the paper's photo experiments. Both
 domains are white digits on black, and without it the digits-style images kept the cycle's
-class only as hidden detail (the README's comparison); it costs two more generator passes."""
+class only as hidden detail (docs/models.md); it costs two more generator passes."""
 
 from __future__ import annotations
 

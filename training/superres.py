@@ -3,7 +3,7 @@ SRGAN (Ledig et al. 2017): starts from the SRResNet weights and trains with a co
 a pretrained network's feature space plus a small multiple of the adversarial loss. The paper's VGG
 features are replaced by the evaluation classifier's penultimate features, the only
 pretrained digit network we have; FID is measured in that same space, so SRGAN's FID gain
-is partly by construction (the README says so)."""
+is partly by construction (docs/models.md says so)."""
 
 from __future__ import annotations
 
