@@ -17,17 +17,20 @@ METRICS_PORT ?= 9090
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch==2.13.0 (pinned in pyproject) resolves to the local CPU wheel; see README.
+	# torch==2.13.0 is pinned in pyproject; where the index serves only CUDA builds, install the CPU wheel first (README).
 	# .[dev] includes .[cpu], ONNX Runtime's CPU wheel, which the tests run on.
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 # The native gRPC transport (serving/native, gRPC C++): built here when it can be (a compiler and
 # libgrpc++-dev, which build.sh installs with apt-get when allowed); without it the server runs on
-# grpcio and logs why, and the native transport's tests skip saying so.
+# grpcio and logs why, and the native transport's tests skip saying so (GENSERVE_REQUIRE_NATIVE=1, as CI
+# sets it, makes both a failure: the default transport must be built there).
 NATIVE := serving/native/.built
 $(NATIVE): serving/native/frontend.cc serving/native/build.sh | $(STAMP)
 	@if bash serving/native/build.sh $(BIN)/python; then touch $(NATIVE); \
+	elif [ -n "$$GENSERVE_REQUIRE_NATIVE" ]; then \
+		echo "native gRPC transport not built, and GENSERVE_REQUIRE_NATIVE is set: failing"; exit 1; \
 	else echo "native gRPC transport not built: serving on grpcio (see serving/native/build.sh)"; fi
 
 install: $(STAMP) $(NATIVE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -20,6 +21,9 @@ GENSERVE = Path(sys.executable).parent / "genserve"  # the console script of thi
 START_TIMEOUT = 60.0
 # The gRPC transports (``serve --frontend``): tests that take the ``server`` or ``frontend`` fixture
 # run on each. ``start_server`` without ``--frontend`` gets the default (native when built).
+# Where GENSERVE_REQUIRE_NATIVE is set (CI), a missing native transport fails instead of skipping.
+if os.environ.get("GENSERVE_REQUIRE_NATIVE") and not native.available():
+    raise pytest.UsageError(f"GENSERVE_REQUIRE_NATIVE is set but {native.unavailable_reason()}")
 TRANSPORTS = (
     pytest.param(
         "native",
