@@ -109,13 +109,16 @@ class GaussianDiffusion:
     def posterior_mean_coef2(self) -> np.ndarray:
         return (1.0 - self.alphas_cumprod_prev) * np.sqrt(self.alphas) / (1.0 - self.alphas_cumprod)
 
-    def q_sample(self, x_start: np.ndarray, t: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """Sample x_t ~ q(x_t | x₀): sqrt(ᾱ_t)·x₀ + sqrt(1 − ᾱ_t)·ε. ``t`` has shape (B,)."""
+    def q_sample(self, x_start, t, noise):
+        """Sample x_t ~ q(x_t | x₀): sqrt(ᾱ_t)·x₀ + sqrt(1 − ᾱ_t)·ε. ``t`` has shape (B,).
+
+        NumPy arrays, or torch tensors (training): the tables are then taken in ``x_start``'s dtype
+        and device through its own ``new_tensor``, so this module imports no torch."""
+        a, b = self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod
+        if not isinstance(x_start, np.ndarray):
+            a, b = (x_start.new_tensor(table, dtype=x_start.dtype) for table in (a, b))
         shape = (-1,) + (1,) * (np.ndim(x_start) - 1)
-        return (
-            self.sqrt_alphas_cumprod[t].reshape(shape) * x_start
-            + self.sqrt_one_minus_alphas_cumprod[t].reshape(shape) * noise
-        )
+        return a[t].reshape(shape) * x_start + b[t].reshape(shape) * noise
 
 
 def algorithm2_step(

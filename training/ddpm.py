@@ -61,8 +61,6 @@ def learning_rate(config: DDPMTrainConfig, step: int) -> float:
 def train_ddpm(out: Path, config: DDPMTrainConfig) -> Path:
     generator = seed_everything(config.seed)
     diffusion = schedule.default_diffusion()
-    sqrt_ab = torch.tensor(diffusion.sqrt_alphas_cumprod, dtype=torch.float32)
-    sqrt_1m_ab = torch.tensor(diffusion.sqrt_one_minus_alphas_cumprod, dtype=torch.float32)
 
     train, _ = mnist_splits()
     data = to_model_range(train.images).contiguous(memory_format=torch.channels_last)  # (N, 1, 28, 28)
@@ -87,7 +85,7 @@ def train_ddpm(out: Path, config: DDPMTrainConfig) -> Path:
         x0 = data[rows]  # (B, 1, 28, 28)
         t = torch.randint(0, diffusion.num_timesteps, (len(x0),), generator=generator)
         eps = torch.randn(x0.shape, generator=generator)
-        x_t = sqrt_ab[t][:, None, None, None] * x0 + sqrt_1m_ab[t][:, None, None, None] * eps
+        x_t = diffusion.q_sample(x0, t, eps)  # (B, 1, 28, 28)
         if conditional:
             y = labels[rows]
             drop = torch.rand(len(y), generator=generator) < config.label_dropout

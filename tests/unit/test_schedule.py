@@ -41,6 +41,17 @@ def test_q_sample_has_closed_form_moments():
         assert xt.var() == pytest.approx(1.0 - D.alphas_cumprod[t], rel=0.05, abs=1e-4)
 
 
+def test_q_sample_on_torch_tensors_is_the_numpy_one_in_their_dtype():
+    """Training calls q_sample on float32 tensors: the same formula, the tables in float32."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    x0, eps = rng.standard_normal((2, 6, 1, 4, 4)).astype(np.float32)
+    t = np.array([0, 1, 250, 500, 998, 999])
+    got = D.q_sample(torch.from_numpy(x0), torch.from_numpy(t), torch.from_numpy(eps))
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), D.q_sample(x0.astype(np.float64), t, eps.astype(np.float64)), atol=1e-6)
+
+
 def test_posterior_matches_bayes_rule():
     """q(x_{t-1} | x_t, x0) ∝ q(x_t | x_{t-1}) q(x_{t-1} | x0): product of two Gaussians."""
     rng = np.random.default_rng(1)
