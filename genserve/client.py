@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from genserve.schedule import Sampler
 from genserve.serving import convert
+from genserve.serving.config import MAX_MESSAGE_BYTES
 from genserve.serving.domain import GenerateRequest, ModelInfo
 from genserve.serving.pb import genserve_pb2_grpc
 
@@ -51,8 +52,8 @@ class GenserveClient:
         self._channel = grpc.insecure_channel(
             target,
             options=[
-                ("grpc.max_send_message_length", convert.MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", convert.MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ],
         )
         self._stub = genserve_pb2_grpc.GenerationServiceStub(self._channel)

@@ -37,6 +37,7 @@ import numpy as np
 
 from genserve import images
 from genserve.serving import convert
+from genserve.serving.config import MAX_MESSAGE_BYTES
 from genserve.serving.domain import GenerateRequest
 from genserve.serving.pb import genserve_pb2_grpc
 
@@ -327,8 +328,8 @@ async def _progress(runner: _Runner, bar: Any) -> None:
 async def run_load_async(spec: LoadSpec, progress: bool = False) -> LoadReport:
     """The run itself (see ``run_load``); must be awaited in a running event loop."""
     options = [
-        ("grpc.max_send_message_length", convert.MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", convert.MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         # Channels with equal arguments share one connection otherwise, and the pool would be one channel.
         ("grpc.use_local_subchannel_pool", 1),
     ]

@@ -29,14 +29,43 @@ engine's batch limit, a section naming no served model) are checked when the mod
 from __future__ import annotations
 
 import dataclasses
+import enum
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from genserve.serving.batching import BatchPolicy, QueuePolicy
-from genserve.serving.convert import MAX_MESSAGE_BYTES
-from genserve.serving.engines import Backend, EngineOptions, Precision
+
+# Largest message either side sends or accepts (gRPC's default is 4 MiB); server and client share it.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class Backend(enum.Enum):
+    ONNXRUNTIME = "onnxruntime"
+    TORCH = "torch"  # PyTorch eager on the CPU: the reference
+    CUDA = "cuda"  # PyTorch on a CUDA device, CUDA graphs per batch bucket
+    TENSORRT = "tensorrt"
+
+
+class Precision(enum.Enum):
+    """The arithmetic an engine computes in; its inputs and outputs stay as the signature says."""
+
+    FP32 = "fp32"  # strict (no TF32): matches ONNX Runtime on the CPU to ~1e-5
+    TF32 = "tf32"  # fp32 tensors, TF32 matrix units (Ampere and newer)
+    BF16 = "bf16"  # autocast to bfloat16 for convolutions and matrix products
+    FP16 = "fp16"  # autocast to float16, likewise
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How engines are built, beyond the model folder: one per server, ``precision`` per model."""
+
+    precision: Precision = Precision.FP32
+    cuda_graphs: bool = True  # cuda backend: capture a CUDA graph per batch bucket at load
+    compile: bool = False  # torch and cuda backends: torch.compile (Inductor) before capture
+    device: str | None = None  # torch and cuda backends: override the device ("cuda:1", "cpu")
+
 
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 50051
@@ -66,7 +95,7 @@ class ModelSettings:
     instances: int = 1  # engines run concurrently (separate sessions); one-pass models only
     intra_op_threads: int = 0  # threads per engine; 0 = cores / instances
     diffusion_batching: str = "step"  # diffusion: "step" (join at every step) or "request" (baseline)
-    precision: str | None = None  # engines.Precision value; None = the server's
+    precision: str | None = None  # a Precision value; None = the server's
 
     def batch_policy(self, engine_limit: int) -> BatchPolicy:
         size = engine_limit if self.max_batch_size is None else self.max_batch_size

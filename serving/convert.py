@@ -28,8 +28,6 @@ from genserve.serving.errors import InvalidArgument
 from genserve.serving.pb import genserve_pb2 as pb
 from genserve.signature import ModelKind
 
-# Largest message either side sends or accepts (gRPC's default is 4 MiB); server and client share it.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["GenerationService"]
 SERVICE_NAME: str = SERVICE_DESCRIPTOR.full_name  # "genserve.v1.GenerationService"
 

@@ -9,45 +9,18 @@ the backend owns (``slots.py``): host memory here, device memory for the torch/c
 
 from __future__ import annotations
 
-import enum
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from genserve.manifest import ONNX_FILE, WEIGHTS_DIR, Manifest
+from genserve.serving.config import Backend, EngineOptions
 from genserve.serving.errors import Unavailable
 from genserve.signature import ModelKind, Signature
 
 log = logging.getLogger(__name__)
-
-
-class Backend(enum.Enum):
-    ONNXRUNTIME = "onnxruntime"
-    TORCH = "torch"  # PyTorch eager on the CPU: the reference
-    CUDA = "cuda"  # PyTorch on a CUDA device, CUDA graphs per batch bucket
-    TENSORRT = "tensorrt"
-
-
-class Precision(enum.Enum):
-    """The arithmetic an engine computes in; its inputs and outputs stay as the signature says."""
-
-    FP32 = "fp32"  # strict (no TF32): matches ONNX Runtime on the CPU to ~1e-5
-    TF32 = "tf32"  # fp32 tensors, TF32 matrix units (Ampere and newer)
-    BF16 = "bf16"  # autocast to bfloat16 for convolutions and matrix products
-    FP16 = "fp16"  # autocast to float16, likewise
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """How engines are built, beyond the model folder: one per server, ``precision`` per model."""
-
-    precision: Precision = Precision.FP32
-    cuda_graphs: bool = True  # cuda backend: capture a CUDA graph per batch bucket at load
-    compile: bool = False  # torch and cuda backends: torch.compile (Inductor) before capture
-    device: str | None = None  # torch and cuda backends: override the device ("cuda:1", "cpu")
 
 
 class Engine(Protocol):

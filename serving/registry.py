@@ -16,10 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from genserve.manifest import Manifest, discover
-from genserve.serving.config import ModelSettings, ServerConfig
+from genserve.serving.config import Backend, EngineOptions, ModelSettings, Precision, ServerConfig
 from genserve.serving.diffusion import DiffusionScheduler
 from genserve.serving.domain import ModelInfo
-from genserve.serving.engines import Backend, EngineOptions, Precision
 from genserve.serving.errors import NotFound, Unavailable
 from genserve.serving.metrics import Metrics
 from genserve.serving.runner import ModelRunner

@@ -17,8 +17,9 @@ import numpy as np
 
 from genserve import images, noise, schedule
 from genserve.manifest import Manifest
+from genserve.serving.config import Backend, EngineOptions
 from genserve.serving.domain import GenerateRequest, Request, TranslateRequest
-from genserve.serving.engines import Backend, Engine, EngineOptions, create_engine
+from genserve.serving.engines import Engine, create_engine
 from genserve.serving.errors import Cancelled, InvalidArgument
 from genserve.serving.slots import REPLAY_STEPS, SlotState, open_slots
 from genserve.signature import ModelKind

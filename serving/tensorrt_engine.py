@@ -38,7 +38,7 @@ from genserve.serving.errors import InternalError, InvalidArgument, Unavailable
 from genserve.signature import BATCH, Signature, TensorSpec
 
 if TYPE_CHECKING:
-    from genserve.serving.engines import Precision as ServingPrecision
+    from genserve.serving.config import Precision as ServingPrecision
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class TensorRTEngine:
     ) -> TensorRTEngine:
         """The model's engine for this GPU, built into ``folder/engines/`` unless cached, ready to run.
 
-        ``precision`` is the serving-wide ``genserve.serving.engines.Precision`` or the engine
+        ``precision`` is the serving-wide ``genserve.serving.config.Precision`` or the engine
         build's own, matched by value. Raises Unavailable, naming what is missing or what failed:
         the server fails to start with that message.
         """

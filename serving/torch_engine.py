@@ -1,7 +1,7 @@
 """PyTorch engines: the torch backend (eager, CPU: the reference) and the cuda backend.
 
 The network is rebuilt from the model folder's ``weights/`` (the same network its ``model.onnx``
-was exported from) and run on a device, in a precision (``engines.Precision``: autocast for
+was exported from) and run on a device, in a precision (``config.Precision``: autocast for
 bf16/fp16, TF32 matrix units for tf32, strict fp32 otherwise). On a CUDA device:
 
 - **Batch buckets and CUDA graphs.** Batches run in the smallest bucket (1, 2, 4, ... up to the
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from genserve import noise
-from genserve.serving.engines import Precision
+from genserve.serving.config import Precision
 from genserve.serving.slots import REPLAY_STEPS
 from genserve.signature import Signature
 

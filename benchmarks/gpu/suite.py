@@ -41,8 +41,9 @@ import torch
 
 from genserve.manifest import WEIGHTS_DIR, Manifest, discover
 from genserve.serving import native
+from genserve.serving.config import Precision
 from genserve.serving.domain import GenerateRequest
-from genserve.serving.engines import OnnxRuntimeEngine, Precision
+from genserve.serving.engines import OnnxRuntimeEngine
 from genserve.serving.runner import ModelRunner
 from genserve.serving.torch_engine import TorchEngine, bucket_sizes
 

@@ -12,7 +12,7 @@ log = logging.getLogger("genserve")  # one logger for every verb: its name is in
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from genserve.serving.engines import Backend, Precision
+    from genserve.serving.config import FRONTENDS, Backend, Precision  # no grpc, numpy or torch: cheap
 
     p = sub.add_parser("serve", help="serve the model folders over gRPC until SIGTERM/SIGINT")
     p.add_argument("--config", type=Path, help="server config file (TOML; see serving/config.py and docs/serving.md)")
@@ -31,11 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     engines.add_argument("--compile", action="store_true", help="torch/cuda: torch.compile the networks before capture")
     engines.add_argument("--device", help="torch/cuda: the torch device (default cuda, or cpu for torch)")
-    # Spelled out, not serving.config.FRONTENDS: importing serving.config here would slow every command
-    # (tests/unit/test_config.py checks the two agree).
     p.add_argument(
         "--frontend",
-        choices=["auto", "native", "grpcio"],
+        choices=FRONTENDS,
         help="gRPC transport: native = gRPC C++ (bash serving/native/build.sh; make does it), grpcio = "
         "Python's; auto (default) = native if built",
     )
@@ -58,8 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     # Serving needs no torch (unless --backend torch or cuda, which import it when the models load).
-    from genserve.serving.config import ConfigError, load_config
-    from genserve.serving.engines import Backend, Precision
+    from genserve.serving.config import Backend, ConfigError, Precision, load_config
     from genserve.serving.server import StartupError, run
 
     logging.getLogger("grpc").setLevel(logging.INFO)  # its DEBUG lines (one per call) drown ours under -v

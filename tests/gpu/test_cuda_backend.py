@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from genserve.manifest import WEIGHTS_DIR, Manifest
+from genserve.serving.config import Backend, EngineOptions
 from genserve.serving.domain import GenerateRequest
-from genserve.serving.engines import Backend, EngineOptions
 from genserve.serving.runner import ModelRunner
 
 torch = pytest.importorskip("torch")

@@ -19,10 +19,9 @@ import pytest
 from genserve import images
 from genserve.manifest import WEIGHTS_DIR, Manifest
 from genserve.schedule import Sampler
-from genserve.serving.config import ModelSettings
+from genserve.serving.config import Backend, EngineOptions, ModelSettings, Precision
 from genserve.serving.diffusion import DiffusionScheduler
 from genserve.serving.domain import GenerateRequest
-from genserve.serving.engines import Backend, EngineOptions, Precision
 from genserve.serving.runner import ModelRunner
 from genserve.serving.slots import HostSlots
 from genserve.serving.torch_engine import TorchEngine, TorchSlots, bucket_for, bucket_sizes

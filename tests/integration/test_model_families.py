@@ -111,7 +111,8 @@ def test_the_label_changes_the_conditional_sample(family_models):
 def test_the_torch_backend_runs_the_same_graph_as_onnx_runtime(family_models, name):
     """The reference backend cuts the served view of the checkpoint as export does (a CycleGAN
     direction, a VAE's decoder), rather than running the whole network."""
-    from genserve.serving.engines import Backend, create_engine
+    from genserve.serving.config import Backend
+    from genserve.serving.engines import create_engine
 
     folder = family_models / name
     manifest = mf.Manifest.load(folder)
@@ -127,7 +128,8 @@ def test_half_stored_weights_are_float16_on_disk_and_run_in_float32_in_both_runt
     import onnx
     from safetensors.numpy import load_file
 
-    from genserve.serving.engines import Backend, create_engine
+    from genserve.serving.config import Backend
+    from genserve.serving.engines import create_engine
 
     folder = family_models / "ddpm-cond-mnist"
     assert SERVED["ddpm-cond-mnist"].half_weights

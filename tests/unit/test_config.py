@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from genserve.serving.config import FRONTENDS, ConfigError, ModelSettings, load_config
-from genserve.serving.engines import Backend
+from genserve.serving.config import FRONTENDS, Backend, ConfigError, ModelSettings, load_config
 
 GOOD = """
 [server]
@@ -127,9 +126,20 @@ def test_the_example_config_in_the_repository_is_valid():
 
 
 def test_the_cli_offers_exactly_the_transports_the_config_accepts():
-    # genserve's parser spells them out: importing serving.config there would slow every command.
+    # The parser takes them from serving.config, which imports no grpc, numpy or torch (kept cheap for it).
     from genserve.cli import build_parser
 
     serve = build_parser()._subparsers._group_actions[0].choices["serve"]
     (frontend,) = [a for a in serve._actions if "--frontend" in a.option_strings]
     assert tuple(frontend.choices) == FRONTENDS
+
+
+def test_the_config_module_stays_cheap_to_import():
+    """The CLI's parser imports serving.config on every command: it must not pull in the runtime."""
+    import subprocess
+    import sys
+
+    runtime = "{'grpc', 'numpy', 'torch', 'google.protobuf'}"
+    code = f"import sys, genserve.serving.config; print(sorted({runtime} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

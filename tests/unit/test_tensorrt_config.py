@@ -31,7 +31,7 @@ from genserve.export.tensorrt import (
     write_sidecar,
 )
 from genserve.manifest import Manifest
-from genserve.serving.engines import Precision as ServingPrecision
+from genserve.serving.config import Precision as ServingPrecision
 from genserve.serving.errors import InvalidArgument, Unavailable
 from genserve.serving.tensorrt_engine import TensorRTEngine, engine_precision, validate_feeds
 from genserve.signature import BATCH, ModelKind, diffusion_step_signature, latent_sampler_signature
