@@ -181,7 +181,7 @@ try:
 
     DDPMScheduler(num_train_timesteps=10)
     print(f"[install] diffusers {diffusers.__version__}: DDPMScheduler works", file=sys.stderr)
-except Exception as exc:  # only `genserve bench sampler` needs it
+except Exception as exc:  # only the sampler benchmarks need it (benchmarks/sampler.py, suite part c)
     print(f"[install] warning: diffusers' DDPMScheduler does not import: {type(exc).__name__}: {exc}", file=sys.stderr)
 EOF
     if [ "$rc" = 0 ]; then _genserve_log "ready: PYTHONPATH=$PYTHONPATH PYTHONSAFEPATH=1"

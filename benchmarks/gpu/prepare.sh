@@ -3,7 +3,7 @@
 # genserve, into the git-ignored folder .whl/ at the repository root:
 #   - cp312 manylinux x86-64 wheels of genserve's dependencies that the GPU image (Python 3.12,
 #     torch, onnx, numpy, ... preinstalled) lacks or may have too old, pinned to this venv's versions
-#     (diffusers, the baseline of `genserve bench sampler`, pinned to $DIFFUSERS_VERSION);
+#     (diffusers, the baseline of `python -m benchmarks.sampler`, pinned to $DIFFUSERS_VERSION);
 #   - genserve's own wheel, rebuilt on every run from the working tree (tracked and untracked
 #     files that git does not ignore), so it carries the code as it is now;
 #   - optionally (NATIVE=0 skips it) the native gRPC transport built for CPython 3.12 with the

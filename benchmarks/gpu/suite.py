@@ -268,7 +268,7 @@ def part_compile(models: Path, sizes: Sizes) -> dict:
 
 
 def part_vs_diffusers(models: Path, sizes: Sizes) -> dict:
-    from genserve.bench_sampler import diffusers_sample, diffusers_scheduler, require_diffusers
+    from benchmarks.sampler import diffusers_sample, diffusers_scheduler, require_diffusers
     from genserve.nets import load_checkpoint
 
     try:

@@ -1,4 +1,7 @@
-"""``genserve bench``: load against a running server (``bench load``), sampler loops in-process (``bench sampler``)."""
+"""``genserve bench``: load against a running server (``bench load``).
+
+The repository's own benchmarks (the sampler loops, the batching and transport sweeps, ...) are not
+verbs: they live in ``benchmarks/`` and run from a checkout, e.g. ``python -m benchmarks.sampler``."""
 
 from __future__ import annotations
 
@@ -6,13 +9,18 @@ import argparse
 import logging
 from pathlib import Path
 
-from genserve.cli.defaults import DEFAULT_MODELS, DEFAULT_SERVER, REPO_ROOT
+from genserve.cli.defaults import DEFAULT_SERVER
 
 log = logging.getLogger("genserve")  # one logger for every verb: its name is in each line the user reads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser("bench", help="benchmarks: load against a running server, sampler loops in-process")
+    bench = sub.add_parser(
+        "bench",
+        help="benchmark a running server: closed- or open-loop load, throughput and latency",
+        description="Load against a running server (bench load). The repository's own benchmarks are "
+        "scripts in a checkout's benchmarks/ folder (python -m benchmarks.sampler, ...), not verbs.",
+    )
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     p = bench_sub.add_parser(
         "load",
@@ -53,35 +61,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=_bench_load)
 
-    p = bench_sub.add_parser(
-        "sampler",
-        help="images/s of the fused sampler vs diffusers' DDPMScheduler loop and Algorithm 2 (in-process)",
-        description="Time three DDPM sampling loops on the same UNet weights, batch, step count and threads: "
-        "Hugging Face diffusers' DDPMScheduler loop and a literal Ho et al. Algorithm 2 loop (both PyTorch eager), "
-        "and genserve's fused ONNX step loop as served; then the median of one bare engine step, for the "
-        "fused loop's overhead. Needs the optional extra: pip install -e '.[bench]'.",
-    )
-    p.add_argument("--model", default="ddpm-mnist", metavar="NAME", help="diffusion model folder (default ddpm-mnist)")
-    p.add_argument("--models", type=Path, metavar="DIR", help=f"model repository (default {DEFAULT_MODELS})")
-    p.add_argument("--batch", type=int, default=16, metavar="B", help="images per loop (default 16)")
-    p.add_argument(
-        "--steps", type=int, default=1000, metavar="K", help="sampling steps (default 1000, the full schedule)"
-    )
-    p.add_argument(
-        "--threads", type=int, metavar="N", help="torch and onnxruntime intra-op threads (default: os.cpu_count())"
-    )
-    p.add_argument(
-        "--rounds", type=int, default=3, metavar="R", help="interleaved timings of each loop; medians kept (default 3)"
-    )
-    p.add_argument(
-        "--json",
-        type=Path,
-        default=REPO_ROOT / "benchmarks" / "results" / "sampler.json",
-        metavar="OUT.json",
-        help="report path; the bar chart goes next to it as OUT.png (default benchmarks/results/sampler.json)",
-    )
-    p.set_defaults(func=_bench_sampler)
-
 
 def _bench_load(args: argparse.Namespace) -> int:
     from genserve.loadgen import LoadSpec, plot_report, run_load
@@ -113,24 +92,4 @@ def _bench_load(args: argparse.Namespace) -> int:
         print(f"wrote {report.write_json(args.json)}")
     if args.plot:
         print(f"wrote {plot_report(report, args.plot)}")
-    return 0
-
-
-def _bench_sampler(args: argparse.Namespace) -> int:
-    from genserve.bench_sampler import SamplerBenchConfig, plot_report, run_sampler_benchmark, summary, write_report
-
-    folder = (args.models or DEFAULT_MODELS) / args.model
-    try:
-        threads = {"threads": args.threads} if args.threads else {}  # default: os.cpu_count()
-        config = SamplerBenchConfig(folder, batch=args.batch, steps=args.steps, rounds=args.rounds, **threads)
-        report = run_sampler_benchmark(config)
-    except ValueError as exc:
-        log.error("%s", exc)
-        return 2
-    except ImportError as exc:  # diffusers, the optional [bench] extra
-        log.error("%s", exc)
-        return 1
-    print(summary(report))
-    print(f"wrote {write_report(report, args.json)}")
-    print(f"wrote {plot_report(report, args.json.with_suffix('.png'))}")
     return 0

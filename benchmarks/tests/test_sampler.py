@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from genserve import bench_sampler, schedule
+from benchmarks import sampler
+from genserve import schedule
 from genserve.manifest import DiffusionSpec
 from genserve.nets.step import DiffusionStep
 from genserve.nets.unet import UNet, UNetConfig
@@ -69,7 +70,7 @@ def test_algorithm2_transcription_equals_the_fused_step_given_the_same_noise(une
     ts, coefs = schedule.step_coefficients(d, num_steps, schedule.Sampler.DDPM, variance=variance, clip_denoised=False)
     x_T, *zs = noises(num_steps + 1)
     want = fused_loop(unet, x_T, ts, coefs, zs)
-    got = bench_sampler.algorithm2_sample(unet, x_T, d, ts, lambda i: zs[i], variance=variance)
+    got = sampler.algorithm2_sample(unet, x_T, d, ts, lambda i: zs[i], variance=variance)
     assert got.shape == SHAPE and torch.isfinite(got).all()
     scale = max(1.0, float(want.abs().max()))
     assert float((got - want).abs().max()) <= 1e-4 * scale
@@ -79,10 +80,10 @@ def test_diffusers_loop_equals_the_fused_step_with_clipping_given_the_same_noise
     """diffusers draws x_T and then one z per step but the last from the generator; replay those draws."""
     pytest.importorskip("diffusers", reason="diffusers is the optional [bench] extra: pip install -e '.[bench]'")
     spec = DiffusionSpec(num_timesteps=50, beta_end=0.2)  # a short full schedule keeps this fast
-    scheduler = bench_sampler.diffusers_scheduler(spec)
+    scheduler = sampler.diffusers_scheduler(spec)
     scheduler.set_timesteps(spec.num_timesteps)
     g = torch.Generator().manual_seed(1)
-    got = bench_sampler.diffusers_sample(unet, scheduler, torch.randn(SHAPE, generator=g), g)
+    got = sampler.diffusers_sample(unet, scheduler, torch.randn(SHAPE, generator=g), g)
     ts, coefs = schedule.step_coefficients(spec.gaussian_diffusion(), spec.num_timesteps, schedule.Sampler.DDPM)
     g = torch.Generator().manual_seed(1)
     x_T = torch.randn(SHAPE, generator=g)
@@ -96,18 +97,18 @@ def test_diffusers_loop_equals_the_fused_step_with_clipping_given_the_same_noise
 def test_both_torch_loops_run_on_a_few_steps_with_finite_images_of_the_right_shape(unet):
     d = schedule.default_diffusion()
     x_T, *zs = noises(5)
-    out = bench_sampler.algorithm2_sample(unet, x_T, d, schedule.strided_timesteps(5), lambda i: zs[i])
+    out = sampler.algorithm2_sample(unet, x_T, d, schedule.strided_timesteps(5), lambda i: zs[i])
     assert out.shape == SHAPE and torch.isfinite(out).all()
     pytest.importorskip("diffusers", reason="diffusers is the optional [bench] extra: pip install -e '.[bench]'")
-    scheduler = bench_sampler.diffusers_scheduler(DiffusionSpec())
+    scheduler = sampler.diffusers_scheduler(DiffusionSpec())
     scheduler.set_timesteps(5)
-    out = bench_sampler.diffusers_sample(unet, scheduler, x_T, torch.Generator().manual_seed(0))
+    out = sampler.diffusers_sample(unet, scheduler, x_T, torch.Generator().manual_seed(0))
     assert out.shape == SHAPE and torch.isfinite(out).all()
 
 
 def test_speed_report_derives_throughput_speedups_and_loop_overhead_from_timings():
     seconds = {"diffusers": 40.0, "algorithm2": 20.0, "fused": 10.0}
-    report = bench_sampler.speed_report(seconds, engine_step_seconds=0.008, batch=16, steps=1000)
+    report = sampler.speed_report(seconds, engine_step_seconds=0.008, batch=16, steps=1000)
     assert report["images_per_second"] == {"diffusers": 0.4, "algorithm2": 0.8, "fused": 1.6}
     assert report["speedup_vs_diffusers"] == pytest.approx(4.0)
     assert report["speedup_vs_algorithm2"] == pytest.approx(2.0)
@@ -117,30 +118,29 @@ def test_speed_report_derives_throughput_speedups_and_loop_overhead_from_timings
 
 def test_speed_report_rejects_missing_or_nonpositive_timings():
     with pytest.raises(ValueError, match="fused"):
-        bench_sampler.speed_report({"diffusers": 1.0, "algorithm2": 1.0}, 0.01, 16, 10)
+        sampler.speed_report({"diffusers": 1.0, "algorithm2": 1.0}, 0.01, 16, 10)
     with pytest.raises(ValueError, match="positive"):
-        bench_sampler.speed_report({"diffusers": 1.0, "algorithm2": 0.0, "fused": 1.0}, 0.01, 16, 10)
+        sampler.speed_report({"diffusers": 1.0, "algorithm2": 0.0, "fused": 1.0}, 0.01, 16, 10)
 
 
 def test_sanity_flags_images_far_outside_the_model_range():
-    ok = bench_sampler.sample_sanity(np.linspace(-1, 1, 100).reshape(1, 1, 10, 10))
+    ok = sampler.sample_sanity(np.linspace(-1, 1, 100).reshape(1, 1, 10, 10))
     assert ok["plausible"] and ok["fraction_in_range"] == 1.0 and ok["finite"]
-    bad = bench_sampler.sample_sanity(np.full((1, 1, 2, 2), 50.0))
+    bad = sampler.sample_sanity(np.full((1, 1, 2, 2), 50.0))
     assert not bad["plausible"] and bad["fraction_in_range"] == 0.0
 
 
-def test_bench_sampler_command_writes_the_report_and_chart(tiny_models, tmp_path, capsys):
+def test_main_writes_the_report_and_chart(tiny_models, tmp_path, capsys):
     pytest.importorskip("diffusers", reason="diffusers is the optional [bench] extra: pip install -e '.[bench]'")
-    from genserve.cli import main
-
     out = tmp_path / "sampler.json"
     torch.set_num_threads(2)  # the module fixture restores its own setting afterwards
-    argv = ["bench", "sampler", "--models", str(tiny_models), "--model", "ddpm-tiny", "--batch", "2", "--steps", "3"]
-    assert main([*argv, "--threads", "1", "--json", str(out)]) == 0  # one thread: fast on a busy machine
+    argv = ["--models", str(tiny_models), "--model", "ddpm-tiny", "--batch", "2", "--steps", "3"]
+    assert sampler.main([*argv, "--threads", "1", "--json", str(out)]) == 0  # one thread: fast on a busy machine
     assert torch.get_num_threads() == 2  # the benchmark restores the process's torch threads
     report = json.loads(out.read_text())
+    assert report["command"].startswith("python -m benchmarks.sampler --models ")
     assert report["settings"]["batch"] == 2 and report["settings"]["steps"] == 3 and report["settings"]["threads"] == 1
-    assert set(report["images_per_second"]) == set(bench_sampler.LOOPS)
+    assert set(report["images_per_second"]) == set(sampler.LOOPS)
     assert report["speedup_vs_diffusers"] > 0 and report["speedup_vs_algorithm2"] > 0 and report["loop_overhead"] > 0
     assert len(report["engine_step_seconds_all"]) == 50
     assert report["versions"]["diffusers"] and report["machine"]["cpu_count"]
@@ -151,4 +151,4 @@ def test_bench_sampler_command_writes_the_report_and_chart(tiny_models, tmp_path
 def test_without_diffusers_the_error_says_how_to_install_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "diffusers", None)  # makes `import diffusers` raise ImportError
     with pytest.raises(ImportError, match=r"pip install -e '\.\[bench\]'"):
-        bench_sampler.require_diffusers()
+        sampler.require_diffusers()
