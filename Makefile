@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch==2.13.0 is pinned in pyproject; where the index serves only CUDA builds, install the CPU wheel first (README).
-	# .[dev] includes .[cpu], ONNX Runtime's CPU wheel, which the tests run on.
+	# .[dev] = the base (the server and client, ONNX Runtime's CPU wheel) + training + test tools.
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 

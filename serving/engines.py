@@ -50,7 +50,7 @@ class OnnxRuntimeEngine:
             import onnxruntime as ort
         except ImportError as exc:
             raise Unavailable(
-                "ONNX Runtime is not installed: pip install 'genserve[cpu]' (or 'genserve[gpu]' for onnxruntime-gpu)"
+                "ONNX Runtime is not installed: pip install onnxruntime (or onnxruntime-gpu for its CUDA provider)"
             ) from exc
 
         self.signature = signature

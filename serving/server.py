@@ -114,6 +114,11 @@ class GenserveServer:
     async def load_models(self) -> None:
         """Load every model folder, then report SERVING; StartupError if any folder fails or none exist."""
         models_dir, backend = self.config.models_dir, self.config.backend
+        if not models_dir.is_dir():
+            raise StartupError(
+                f"no model repository at {models_dir}: pass --models DIR or set GENSERVE_MODELS "
+                "(a genserve checkout's models/ folder holds the bundled models)"
+            )
         log.info("loading models from %s with %s (%s)", models_dir, backend.value, self.config.engine)
         loop = asyncio.get_running_loop()
         try:

@@ -36,12 +36,22 @@ TRANSPORTS = (
 class ServerProcess:
     """``genserve serve --port 0`` in a subprocess; its log is collected line by line from stderr."""
 
-    def __init__(self, models: Path, *args: str, verbose: bool = False, metrics: bool = False):
-        cmd = [str(GENSERVE), *(["-v"] if verbose else []), "serve", "--host", "127.0.0.1", "--port", "0"]
-        cmd += ["--models", str(models), *(["--metrics-port", "0"] if metrics else []), *args]
+    def __init__(
+        self,
+        models: Path | None,
+        *args: str,
+        verbose: bool = False,
+        metrics: bool = False,
+        command: Path = GENSERVE,
+        **popen,
+    ):
+        """``models`` None: no ``--models`` (the command's default); ``command``: another install's
+        genserve; ``popen``: ``cwd``, ``env``, ... of the process."""
+        cmd = [str(command), *(["-v"] if verbose else []), "serve", "--host", "127.0.0.1", "--port", "0"]
+        cmd += [*(["--models", str(models)] if models else []), *(["--metrics-port", "0"] if metrics else []), *args]
         self.metrics = metrics
         self.metrics_port: int | None = None
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
         self.lines: list[str] = []
         self.port: int | None = None
         self._eof = False

@@ -1,8 +1,9 @@
-"""pyproject's extras: no install puts onnxruntime and onnxruntime-gpu side by side.
+"""pyproject's dependencies: the base install serves and is a client without torch, and no install
+puts onnxruntime and onnxruntime-gpu side by side.
 
-Both wheels provide the same ``onnxruntime`` module, and the one installed last overwrites the
-other's files. So neither is a base dependency, and no extra, once its self-references
-(``genserve[cpu]``) are resolved, brings both.
+Both ONNX Runtime wheels provide the same ``onnxruntime`` module, and the one installed last
+overwrites the other's files. The base brings the CPU one; no extra, once its self-references
+(``genserve[train]``) are resolved, brings the GPU one.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -58,25 +58,28 @@ def test_no_install_of_genserve_brings_both_onnx_runtime_wheels():
     assert runtime_clashes(load_project()) == []
 
 
-def test_onnx_runtime_is_not_a_base_dependency():
-    assert installs(load_project()) & RUNTIMES == set()
+def test_the_base_install_serves_on_onnx_runtimes_cpu_wheel_without_torch():
+    base = installs(load_project())
+    assert base & RUNTIMES == {"onnxruntime"}
+    assert {"grpcio", "grpcio-health-checking", "grpcio-reflection", "protobuf", "numpy", "pillow"} <= base
+    assert "torch" not in base
 
 
-@pytest.mark.parametrize(("extra", "runtime"), [("cpu", "onnxruntime"), ("gpu", "onnxruntime-gpu")])
-def test_the_cpu_and_gpu_extras_each_bring_their_runtime(extra, runtime):
-    assert installs(load_project(), extra) & RUNTIMES == {runtime}
-
-
-def test_dev_brings_the_cpu_runtime_the_tests_run_on():
-    assert installs(load_project(), "dev") & RUNTIMES == {"onnxruntime"}
-
-
-def test_the_check_catches_a_runtime_in_the_base_and_both_through_self_references():
+def test_the_client_extra_brings_no_torch_and_training_does():
     project = load_project()
-    base_again = dict(project, dependencies=[*project["dependencies"], "onnxruntime>=1.18"])
-    assert "genserve[gpu]" in runtime_clashes(base_again)
-    extras = dict(project["optional-dependencies"], dev=["genserve[cpu]", "genserve[all]"], all=["genserve[gpu,dev]"])
+    assert "torch" not in installs(project, "client")
+    assert "torch" in installs(project, "train") and "torch" in installs(project, "dev")
+
+
+def test_no_extra_brings_onnxruntime_gpu():
+    project = load_project()
+    assert [e for e in project["optional-dependencies"] if "onnxruntime-gpu" in installs(project, e)] == []
+
+
+def test_the_check_catches_the_gpu_runtime_in_an_extra_and_through_self_references():
+    project = load_project()
+    extras = dict(project["optional-dependencies"], gpu=["onnxruntime-gpu>=1.18"], all=["genserve[gpu,dev]"])
     assert set(runtime_clashes(dict(project, **{"optional-dependencies": extras}))) == {
-        "genserve[dev]",
+        "genserve[gpu]",
         "genserve[all]",
     }
