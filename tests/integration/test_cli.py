@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.integration.conftest import GENSERVE
+from tests.integration.servers import GENSERVE
 
 
 def generate(genserve, server, out: Path, *args: str) -> subprocess.CompletedProcess:

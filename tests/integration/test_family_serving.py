@@ -1,6 +1,6 @@
 """Translate, class labels and latent interpolation over a real server with the real client.
 
-The tiny models (tests/conftest.py): ``cgan-tiny`` (class-conditional sampler), ``pix2pix-tiny``
+The tiny models (tests/fixtures.py): ``cgan-tiny`` (class-conditional sampler), ``pix2pix-tiny``
 (28x28 grayscale -> 28x28) and ``superres-tiny`` (7x7 -> 28x28), beside ``dcgan-tiny`` and
 ``ddpm-tiny``."""
 

@@ -22,7 +22,7 @@ from genserve.nets.step import DiffusionStep, GuidedDiffusionStep, sample, step_
 from genserve.nets.unet import UNet, UNetConfig
 from genserve.serving.runner import ModelRunner
 from genserve.signature import ModelKind
-from tests.conftest import DDPM_COND, NUM_CLASSES
+from tests.fixtures import DDPM_COND, NUM_CLASSES
 
 DDPM, GAN = "ddpm-tiny", "dcgan-tiny"
 STEPS = 4

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.integration.conftest import ServerProcess
+from tests.integration.servers import ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL_TIMEOUT = 900

@@ -18,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 
 from genserve.client import GenserveClient
 from genserve.signature import ModelKind
-from tests.conftest import CGAN, PIX2PIX, SUPERRES
+from tests.fixtures import CGAN, PIX2PIX, SUPERRES
 
 DDPM, GAN = "ddpm-tiny", "dcgan-tiny"
 FEW_STEPS = 3

@@ -15,7 +15,7 @@ from tritonclient.grpc import service_pb2 as pb
 from genserve.client import GenserveClient
 from genserve.serving import native
 from genserve.serving.config import MAX_MESSAGE_BYTES
-from tests.integration.conftest import ServerProcess
+from tests.integration.servers import ServerProcess
 from tests.integration.test_family_serving import metric, wait_for
 
 DDPM, GAN = "ddpm-tiny", "dcgan-tiny"
