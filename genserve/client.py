@@ -22,13 +22,13 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2_grpc
 
+from genserve.channel import Credentials, open_channel
 from genserve.schedule import Sampler
 from genserve.serving import convert
-from genserve.serving.config import MAX_MESSAGE_BYTES
 from genserve.serving.domain import GenerateRequest, ModelInfo
 from genserve.serving.pb import genserve_pb2_grpc
 
-__all__ = ["GenserveClient", "ModelInfo", "Sampler", "StreamEvent"]
+__all__ = ["Credentials", "GenserveClient", "ModelInfo", "Sampler", "StreamEvent"]
 
 MAX_IN_FLIGHT = 4  # requests of one split call in flight at once: enough to keep a model's batches full
 
@@ -46,16 +46,12 @@ class StreamEvent:
 class GenserveClient:
     """One channel to one server. ``timeout`` is every call's deadline in seconds (None: no deadline)."""
 
-    def __init__(self, target: str, timeout: float | None = None):
+    def __init__(self, target: str, timeout: float | None = None, credentials: Credentials | None = None):
+        """``credentials``: TLS, a client certificate and a bearer token (``genserve.channel``);
+        calls refused with UNAVAILABLE (a draining or lost replica) are retried."""
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        self._channel = open_channel(target, credentials)
         self._stub = genserve_pb2_grpc.GenerationServiceStub(self._channel)
         self._limits: dict[str, int] = {}  # images per request, by model (ListModels)
         self._health = health_pb2_grpc.HealthStub(self._channel)

@@ -36,8 +36,8 @@ import grpc
 import numpy as np
 
 from genserve import images
+from genserve.channel import Credentials, open_channel
 from genserve.serving import convert
-from genserve.serving.config import MAX_MESSAGE_BYTES
 from genserve.serving.domain import GenerateRequest
 from genserve.serving.pb import genserve_pb2_grpc
 
@@ -67,6 +67,8 @@ class LoadSpec:
     warmup: float = 1.0  # s of uncounted load before the window
     seed: int = 0  # of the open-loop arrival times
     channels: int = 4  # gRPC connections, used round robin, so HTTP/2 flow control is not the bottleneck
+    credentials: Credentials | None = None  # TLS and token (genserve.channel); None = plain text
+    retry: bool = True  # retry UNAVAILABLE (genserve.channel); off, every refusal is counted as it happens
 
     def __post_init__(self) -> None:
         if (self.concurrency is None) == (self.rate is None):
@@ -327,14 +329,13 @@ async def _progress(runner: _Runner, bar: Any) -> None:
 
 async def run_load_async(spec: LoadSpec, progress: bool = False) -> LoadReport:
     """The run itself (see ``run_load``); must be awaited in a running event loop."""
-    options = [
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        # Channels with equal arguments share one connection otherwise, and the pool would be one channel.
-        ("grpc.use_local_subchannel_pool", 1),
-    ]
+    # Channels with equal arguments share one connection otherwise, and the pool would be one channel.
+    options = [("grpc.use_local_subchannel_pool", 1)]
     n_channels = min(spec.channels, spec.concurrency or spec.channels)
-    channels = [grpc.aio.insecure_channel(spec.server, options=options) for _ in range(n_channels)]
+    channels = [
+        open_channel(spec.server, spec.credentials, aio=True, retry=spec.retry, options=options)
+        for _ in range(n_channels)
+    ]
     try:
         try:
             await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)), CONNECT_TIMEOUT)

@@ -2,7 +2,7 @@
 
     [server]
     models = "models"          # model repository (relative to the file)
-    host = "0.0.0.0"
+    host = "127.0.0.1"         # loopback; "0.0.0.0" in containers and behind a balancer
     port = 50051
     backend = "onnxruntime"    # onnxruntime | torch | cuda | tensorrt
     precision = "fp32"         # fp32 | tf32 | bf16 | fp16 (cuda and tensorrt; also per model)
@@ -10,7 +10,20 @@
     compile = false            # torch, cuda: torch.compile before capture
     frontend = "auto"          # gRPC transport: auto (native if built) | native | grpcio
     grace_period_s = 10
+    drain_delay_s = 0          # SIGTERM: NOT_SERVING, still accepting this long, then drain
     metrics_port = 9090        # Prometheus /metrics; absent = off
+    log_format = "text"        # text | json (one line per finished call)
+    reflection = true
+
+    max_connection_age_s = 300         # GOAWAY after this, so clients rebalance; absent = never
+    max_connection_age_grace_s = 30    # calls on an aged connection get this long
+    keepalive_time_s = 60              # PING an idle connection this often; absent = never
+    keepalive_timeout_s = 20           # and close it if the PING goes unanswered
+
+    tls_cert = "server.pem"    # TLS: certificate chain and key (PEM); both or neither
+    tls_key = "server.key"
+    tls_client_ca = "ca.pem"   # mutual TLS: clients must present a certificate signed by this
+    auth_token_file = "tokens" # bearer tokens, one per line; reloaded on SIGHUP
 
     [model_defaults]           # every model, unless its own section says otherwise
     max_batch_size = 64
@@ -67,9 +80,64 @@ class EngineOptions:
     device: str | None = None  # torch and cuda backends: override the device ("cuda:1", "cpu")
 
 
-DEFAULT_HOST = "0.0.0.0"
+DEFAULT_HOST = "127.0.0.1"  # loopback: serving beyond the machine is a choice (--host 0.0.0.0)
 DEFAULT_PORT = 50051
 DEFAULT_GRACE_PERIOD = 10.0
+
+
+@dataclass(frozen=True)
+class ConnectionOptions:
+    """HTTP/2 connection management, on both transports. A balancer or client holding one
+    long-lived connection never sees a replica added after it connected: ``max_connection_age``
+    sends GOAWAY so that it reconnects (and rebalances); keepalive PINGs find dead peers behind
+    NATs and idle timeouts. None = gRPC's default (no age limit, no keepalive PINGs)."""
+
+    max_connection_age: float | None = None  # seconds
+    max_connection_age_grace: float | None = None  # seconds calls on an aged connection get to finish
+    keepalive_time: float | None = None  # seconds between PINGs on an idle connection
+    keepalive_timeout: float | None = None  # seconds to wait for a PING's answer before closing
+
+    def problems(self) -> list[str]:
+        return [
+            f"--{name.replace('_', '-')}: expected a number of seconds > 0, got {value}"
+            for name, value in dataclasses.asdict(self).items()
+            if value is not None and not (value > 0 or (name == "max_connection_age_grace" and value == 0))
+        ]
+
+
+@dataclass(frozen=True)
+class SecurityOptions:
+    """TLS (``tls_cert`` + ``tls_key``), mutual TLS (``tls_client_ca``: clients must present a
+    certificate it signed) and bearer tokens (``auth_token_file``), on both transports."""
+
+    tls_cert: Path | None = None  # PEM certificate chain
+    tls_key: Path | None = None  # PEM private key
+    tls_client_ca: Path | None = None  # PEM CA bundle that client certificates must chain to
+    auth_token_file: Path | None = None  # one token per line (# comments); reloaded on SIGHUP
+    reflection: bool = True  # the reflection service (behind the tokens, when they are on)
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    def problems(self) -> list[str]:
+        out = []
+        if (self.tls_cert is None) != (self.tls_key is None):
+            out.append("--tls-cert and --tls-key: give both (a certificate and its key) or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            out.append("--tls-client-ca: mutual TLS needs TLS (--tls-cert and --tls-key)")
+        for name, path in (
+            ("tls-cert", self.tls_cert),
+            ("tls-key", self.tls_key),
+            ("tls-client-ca", self.tls_client_ca),
+            ("auth-token-file", self.auth_token_file),
+        ):
+            if path is not None and not path.is_file():
+                out.append(f"--{name}: no such file: {path}")
+        return out
+
+
+LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(ValueError):
@@ -131,6 +199,10 @@ class ServerConfig:
     max_message_bytes: int = MAX_MESSAGE_BYTES
     metrics_port: int | None = None  # Prometheus endpoint; None = off, 0 = any free port
     metrics_host: str | None = None  # None = the gRPC host
+    drain_delay: float = 0.0  # seconds between NOT_SERVING and refusing calls at SIGTERM (for balancers)
+    log_format: str = "text"  # "json": one JSON object per line, one line per finished call
+    connection: ConnectionOptions = field(default_factory=ConnectionOptions)
+    security: SecurityOptions = field(default_factory=SecurityOptions)
     model_defaults: ModelSettings = field(default_factory=ModelSettings)
     models: dict[str, ModelSettings] = field(default_factory=dict)  # complete settings, by model name
     flag_keys: frozenset[str] = frozenset()  # ModelSettings fields set on the command line
@@ -194,7 +266,20 @@ _SERVER_KEYS: dict[str, tuple[Any, str]] = {
         "a port in [0, 65535]",
     ),
     "metrics_host": (lambda v: isinstance(v, str) and v != "", "a host name or address"),
+    "drain_delay_s": _number(0),
+    "log_format": _one_of(LOG_FORMATS),
+    "reflection": (lambda v: isinstance(v, bool), "true or false"),
+    "max_connection_age_s": _number(0.001),
+    "max_connection_age_grace_s": _number(0),
+    "keepalive_time_s": _number(0.001),
+    "keepalive_timeout_s": _number(0.001),
+    "tls_cert": (lambda v: isinstance(v, str) and v != "", "a path"),
+    "tls_key": (lambda v: isinstance(v, str) and v != "", "a path"),
+    "tls_client_ca": (lambda v: isinstance(v, str) and v != "", "a path"),
+    "auth_token_file": (lambda v: isinstance(v, str) and v != "", "a path"),
 }
+_CONNECTION_KEYS = {f.name: f.name + "_s" for f in dataclasses.fields(ConnectionOptions)}  # field -> TOML key
+_SECURITY_PATHS = ("tls_cert", "tls_key", "tls_client_ca", "auth_token_file")
 
 
 def _check_table(table: Any, keys: dict[str, tuple[Any, str]], prefix: str, problems: list[str]) -> dict[str, Any]:
@@ -238,7 +323,8 @@ def load_config(
     default_models_dir: Path | None = None,
 ) -> ServerConfig:
     """Read ``path`` (None: defaults only), then apply ``overrides`` (server keys, in ServerConfig
-    terms: models_dir, host, port, backend, grace_period, metrics_port) and ``model_overrides``
+    terms: models_dir, host, port, backend, grace_period, metrics_port, ...; ``engine``,
+    ``connection`` and ``security``: dicts of those options' fields) and ``model_overrides``
     (ModelSettings keys, for every model). Raises ConfigError listing every problem."""
     problems: list[str] = []
     source = str(path) if path else "command line"
@@ -302,9 +388,27 @@ def load_config(
         engine["precision"] = Precision(server["precision"])
     if "grace_period_s" in server:
         values["grace_period"] = float(server["grace_period_s"])
+    if "drain_delay_s" in server:
+        values["drain_delay"] = float(server["drain_delay_s"])
+    for key in ("log_format",):
+        if key in server:
+            values[key] = server[key]
+    connection = {f: float(server[k]) for f, k in _CONNECTION_KEYS.items() if k in server}
+    security: dict[str, Any] = {key: base / server[key] for key in _SECURITY_PATHS if key in server}
+    if "reflection" in server:
+        security["reflection"] = server["reflection"]
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    engine.update(values.pop("engine", {}))  # flags: a dict of EngineOptions fields
+    engine.update(values.pop("engine", {}))  # flags: dicts of the options' fields
+    connection.update(values.pop("connection", {}))
+    security.update(values.pop("security", {}))
     values["engine"] = EngineOptions(**engine)
+    values["connection"] = ConnectionOptions(**connection)
+    values["security"] = SecurityOptions(**security)
+    problems = values["security"].problems() + values["connection"].problems()
+    if values.get("drain_delay", 0) < 0:
+        problems.append(f"--drain-delay: expected seconds >= 0, got {values['drain_delay']}")
+    if problems:
+        raise ConfigError(problems, source)
     values.setdefault("models_dir", default_models_dir)
     if values["models_dir"] is None:
         raise ConfigError(["server.models: no model repository given (set it here or pass --models)"], source)

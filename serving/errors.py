@@ -32,6 +32,10 @@ class Cancelled(ServingError):
     """The client went away; the work was dropped."""
 
 
+class Unauthenticated(ServingError):
+    """No valid credentials (a bearer token) came with the call."""
+
+
 class InternalError(ServingError):
     """A bug or an engine failure; never raised for client mistakes."""
 
@@ -44,6 +48,7 @@ STATUS: dict[type[ServingError], str] = {
     DeadlineExceeded: "DEADLINE_EXCEEDED",
     Unavailable: "UNAVAILABLE",
     Cancelled: "CANCELLED",
+    Unauthenticated: "UNAUTHENTICATED",
     InternalError: "INTERNAL",
 }
 

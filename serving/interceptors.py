@@ -1,5 +1,8 @@
-"""Errors mapped to gRPC statuses once, for every RPC of genserve's services (after TGI's
-ExceptionInterceptor), and those RPCs counted for the drain at shutdown (``Admission``).
+"""What every RPC of genserve's services passes through, wrapped once at registration
+(``register``): errors mapped to gRPC statuses (after TGI's ExceptionInterceptor), bearer tokens
+checked (``auth``), a request id and a record of the call (``calls``: metrics and access log), the
+calls that run models counted for the drain at shutdown (``Admission``), and requests that are not
+valid protobuf answered INVALID_ARGUMENT instead of gRPC's own INTERNAL.
 
 A ``ServingError`` becomes its status from ``errors.STATUS`` with its message; anything else is a
 bug: INTERNAL with a generic message for the client and the traceback in the log. Servicers just
@@ -24,7 +27,10 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
-from genserve.serving.errors import ServingError, Unavailable, status_name
+from genserve.serving import calls
+from genserve.serving.auth import TokenAuth
+from genserve.serving.errors import InvalidArgument, ServingError, Unavailable, status_name
+from genserve.serving.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +60,7 @@ class Admission:
 
     def __init__(self) -> None:
         self.open = True
+        self.draining = False  # NOT_SERVING announced (the drain delay), calls still taken
         self.in_flight = 0
         self._idle: asyncio.Event | None = None  # set when the last call in flight ends
 
@@ -71,9 +78,15 @@ class Admission:
         if self.in_flight == 0 and self._idle is not None:
             self._idle.set()
 
+    @property
+    def ready(self) -> bool:
+        """Taking calls, and not about to stop (what readiness probes answer)."""
+        return self.open and not self.draining
+
     def close(self) -> None:
         """Refuse every call from now on (the calls in flight go on)."""
         self.open = False
+        self.draining = True
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the calls in flight to end; True if they all have."""
@@ -87,57 +100,199 @@ class Admission:
         return True
 
 
-def _wrap_coroutine(
-    behavior: Callable[..., Awaitable[Any]], method: str, gate: contextlib.AbstractContextManager
-) -> Callable[..., Awaitable[Any]]:
-    async def wrapper(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            with gate:
-                return await behavior(request_or_iterator, context)
-        except grpc.aio.AbortError:
-            raise  # the servicer aborted on its own; the status is set
-        except Exception as exc:
-            await abort_with(context, exc, method)
+class Unparseable:
+    """What a request deserializer returns for bytes that are not its message (see ``register``)."""
 
-    return wrapper
+    __slots__ = ("error",)
+
+    def __init__(self, error: str):
+        self.error = error
 
 
-def _wrap_async_generator(
-    behavior: Callable[..., Any], method: str, gate: contextlib.AbstractContextManager
-) -> Callable[..., Any]:
-    async def wrapper(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            with gate:
-                async for response in behavior(request_or_iterator, context):
-                    yield response
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            await abort_with(context, exc, method)
-
-    return wrapper
-
-
-def _wrap(
-    behavior: Callable[..., Any] | None, method: str, gate: contextlib.AbstractContextManager
-) -> Callable[..., Any] | None:
-    if behavior is None:
+def _never_raising(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserialize`` returning ``Unparseable`` instead of raising: gRPC answers a deserializer's
+    exception with INTERNAL ("Exception deserializing request!"), but garbage from a client is the
+    client's error, INVALID_ARGUMENT, with the parser's reason."""
+    if deserialize is None:
         return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:
+            return Unparseable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
+    return parse
+
+
+def _parsed(request: Any) -> Any:
+    if type(request) is Unparseable:
+        raise InvalidArgument(f"the request is not a valid protobuf message of this method ({request.error})")
+    return request
+
+
+async def _parsed_stream(requests: Any) -> Any:
+    async for request in requests:
+        yield _parsed(request)
+
+
+class CallGate:
+    """The per-server part of every call: admission (for the methods that run models), the bearer
+    tokens (None = no authentication) and the metrics the calls are counted in."""
+
+    def __init__(self, admission: Admission, metrics: Metrics | None = None, auth: TokenAuth | None = None):
+        self.admission = admission
+        self.metrics = metrics
+        self.auth = auth
+
+    def enter(self, context: grpc.aio.ServicerContext, method: str) -> tuple[calls.CallRecord, Any]:
+        metadata = context.invocation_metadata() or ()
+        record, token = calls.begin(method, metadata, context.peer())
+        context.set_trailing_metadata(((calls.REQUEST_ID, record.request_id),))
+        return record, token
+
+    def check(self, context: grpc.aio.ServicerContext) -> None:
+        if self.auth is not None:
+            self.auth.check(context.invocation_metadata() or ())
+
+    def leave(self, record: calls.CallRecord, token: Any, counted: bool) -> None:
+        if counted and self.metrics is not None:
+            self.metrics.count_request(record.model, record.code)
+            if record.code == "OK":
+                self.metrics.for_model(record.model).request_seconds.observe(record.seconds)
+        calls.end(record, token)
+
+
+def _code_of(exc: BaseException, context: grpc.aio.ServicerContext) -> str:
+    if isinstance(exc, grpc.aio.AbortError):
+        code = context.code()
+        return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):  # the client left, or the deadline passed
+        remaining = context.time_remaining()
+        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+    return status_name(exc) if isinstance(exc, ServingError) else "INTERNAL"
+
+
+def _wrap_unary_response(
+    behavior: Callable[..., Awaitable[Any]], method: str, gate: CallGate, work: bool, streaming_request: bool
+) -> Callable[..., Awaitable[Any]]:
+    admission = gate.admission if work else contextlib.nullcontext()
+
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        record, token = gate.enter(context, method)
+        try:
+            gate.check(context)
+            request = _parsed_stream(request) if streaming_request else _parsed(request)
+            with admission:
+                return await behavior(request, context)
+        except BaseException as exc:
+            record.code = _code_of(exc, context)
+            if isinstance(exc, (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit)):
+                raise  # the status is set, or the call is gone
+            if not isinstance(exc, Exception):
+                raise
+            await abort_with(context, exc, method)
+        finally:
+            gate.leave(record, token, work)
+
+    return wrapper
+
+
+def _wrap_response_stream(
+    behavior: Callable[..., Any], method: str, gate: CallGate, work: bool, streaming_request: bool
+) -> Callable[..., Any]:
+    admission = gate.admission if work else contextlib.nullcontext()
+
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        record, token = gate.enter(context, method)
+        try:
+            gate.check(context)
+            request = _parsed_stream(request) if streaming_request else _parsed(request)
+            with admission:
+                async for response in behavior(request, context):
+                    yield response
+        except BaseException as exc:
+            record.code = _code_of(exc, context)
+            if isinstance(exc, (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit)):
+                raise
+            if not isinstance(exc, Exception):
+                raise
+            await abort_with(context, exc, method)
+        finally:
+            gate.leave(record, token, work)
+
+    return wrapper
+
+
+def _wrapped(handler: grpc.RpcMethodHandler, method: str, gate: CallGate, work: bool) -> grpc.RpcMethodHandler:
+    """``handler`` with its behaviour wrapped and its request deserializer made never to raise."""
+    kind = (
+        "stream_stream"
+        if handler.request_streaming and handler.response_streaming
+        else "stream_unary"
+        if handler.request_streaming
+        else "unary_stream"
+        if handler.response_streaming
+        else "unary_unary"
+    )
+    behavior = getattr(handler, kind)
     if inspect.isasyncgenfunction(behavior):
-        return _wrap_async_generator(behavior, method, gate)
-    if inspect.iscoroutinefunction(behavior):
-        return _wrap_coroutine(behavior, method, gate)
-    return behavior  # a synchronous handler: grpc.aio runs it in a thread; not used by genserve
+        wrapped = _wrap_response_stream(behavior, method, gate, work, handler.request_streaming)
+    elif inspect.iscoroutinefunction(behavior):
+        wrapped = _wrap_unary_response(behavior, method, gate, work, handler.request_streaming)
+    else:  # a synchronous handler (the generated base class's UNIMPLEMENTED): left as it is
+        return handler
+    return handler._replace(**{kind: wrapped, "request_deserializer": _never_raising(handler.request_deserializer)})
+
+
+class _Registrations:
+    """Stands in for the server while a generated ``add_*_to_server`` runs, to keep its handlers."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # built again from the method handlers, wrapped
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.services[service] = dict(handlers)
+
+
+def register(
+    server: grpc.aio.Server,
+    add_to_server: Callable[[Any, Any], None],
+    servicer: Any,
+    gate: CallGate,
+    work_methods: Collection[str] = (),
+) -> None:
+    """Register ``servicer`` on ``server`` with its generated ``add_..._to_server``, every method
+    wrapped: exceptions leave as the right gRPC status, tokens are checked, the call is recorded,
+    and the methods named in ``work_methods`` pass through admission and are counted in the
+    request metrics."""
+    registrations = _Registrations()
+    add_to_server(servicer, registrations)
+    for service, handlers in registrations.services.items():
+        wrapped = {
+            name: _wrapped(handler, f"/{service}/{name}", gate, name in work_methods)
+            for name, handler in handlers.items()
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
+        server.add_registered_method_handlers(service, wrapped)
 
 
 def with_error_statuses(
     servicer: Any, service: ServiceDescriptor, admission: Admission | None = None, admitted: Collection[str] = ()
 ) -> Any:
-    """``servicer`` with every RPC method of ``service`` wrapped so that exceptions leave as the
-    right gRPC status, and the methods named in ``admitted`` pass through ``admission``; register
-    the result with the generated ``add_..._to_server``."""
+    """``servicer`` with every RPC method of ``service`` wrapped as ``register`` does, for a server
+    that registers it with the generated ``add_..._to_server`` itself (tests, embedders)."""
+    gate = CallGate(admission or Admission())
     for method in service.methods:
         behavior = getattr(servicer, method.name)
-        gate = admission if admission is not None and method.name in admitted else contextlib.nullcontext()
-        setattr(servicer, method.name, _wrap(behavior, f"/{service.full_name}/{method.name}", gate))
+        name = f"/{service.full_name}/{method.name}"
+        work = method.name in admitted
+        streaming = method.client_streaming
+        if inspect.isasyncgenfunction(behavior):
+            setattr(servicer, method.name, _wrap_response_stream(behavior, name, gate, work, streaming))
+        elif inspect.iscoroutinefunction(behavior):
+            setattr(servicer, method.name, _wrap_unary_response(behavior, name, gate, work, streaming))
     return servicer

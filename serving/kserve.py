@@ -34,6 +34,7 @@ from google.protobuf import descriptor_pool
 # protobuf's default descriptor pool, which server reflection reads).
 from tritonclient.grpc import service_pb2_grpc
 
+from genserve.serving import calls
 from genserve.serving import kserve_contract as contract
 from genserve.serving.config import ServerConfig
 from genserve.serving.domain import ModelInfo
@@ -80,7 +81,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ServerReady(self, request, context: grpc.aio.ServicerContext):
         """Ready once every model is loaded, until the server starts draining."""
-        return contract.server_ready_response(self._registry.loaded and self._admission.open)
+        return contract.server_ready_response(self._registry.loaded and self._admission.ready)
 
     async def ModelReady(self, request, context: grpc.aio.ServicerContext):
         """Triton's answer: false, not an error, for a model that is not served (yet) or another version."""
@@ -88,7 +89,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         ready = (
             info is not None
             and self._registry.loaded
-            and self._admission.open
+            and self._admission.ready
             and request.version in ("", info.version)
         )
         return contract.model_ready_response(ready)
@@ -142,13 +143,15 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             await answers.put(response)
 
         async def read() -> None:
-            async for request in request_iterator:
-                task = asyncio.ensure_future(answer(request))
-                running.add(task)
-                task.add_done_callback(running.discard)
-            while running:
-                await asyncio.wait(set(running))
-            await answers.put(None)
+            try:
+                async for request in request_iterator:
+                    task = asyncio.ensure_future(answer(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                while running:
+                    await asyncio.wait(set(running))
+            finally:  # also when reading fails (a message that does not parse): the stream ends with its error
+                answers.put_nowait(None)
 
         reader = asyncio.ensure_future(read())
         try:
@@ -161,10 +164,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request, deadline: float | None):
         info, scheduler = self._model(request.model_name, request.model_version)
+        calls.name(info.name, 0)
         stats = self._stats_of(info.name)
         started = stats.started()
         try:
             call = contract.infer_call_from_proto(request, info)
+            calls.name(info.name, len(call.rows))
             images = await _gather([scheduler.submit(row, deadline) for row in call.rows])
         except BaseException:  # cancellations too: the call did not succeed
             stats.failed(started)

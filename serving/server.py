@@ -3,8 +3,13 @@
 
 Lifecycle: bind and start with health NOT_SERVING; load every model folder (any failure stops
 the server with ``StartupError``, never half a repository); health SERVING; on SIGTERM or SIGINT
-health goes NOT_SERVING, new calls are refused, and calls in flight get ``grace_period`` seconds
-to finish.
+health goes NOT_SERVING, calls are still taken for ``drain_delay`` seconds (while balancers and
+Kubernetes notice and stop sending), then new calls are refused and calls in flight get
+``grace_period`` seconds to finish; then the transport sends GOAWAY and the process exits 0.
+SIGHUP reloads the bearer tokens.
+
+Security (``SecurityOptions``): TLS or mutual TLS on either transport, bearer tokens on every call
+but health, reflection on or off.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ import time
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from genserve.serving import convert, kserve, native
-from genserve.serving.config import ConfigError, ServerConfig
-from genserve.serving.interceptors import Admission, with_error_statuses
+from genserve.serving import calls, convert, kserve, native
+from genserve.serving.auth import TokenAuth, TokenFileError
+from genserve.serving.config import ConfigError, ConnectionOptions, SecurityOptions, ServerConfig
+from genserve.serving.interceptors import Admission, CallGate, register
 from genserve.serving.metrics import Metrics
 from genserve.serving.pb import genserve_pb2_grpc
 from genserve.serving.registry import ModelRegistry, load_repository
@@ -50,35 +56,45 @@ class GenserveServer:
         self.registry = ModelRegistry()
         self.health = health.aio.HealthServicer()
         self.admission = Admission()  # the calls that run models: counted, and refused once draining
+        self.auth: TokenAuth | None = None  # bearer tokens, when config.security.auth_token_file is set
         # Engine calls, model loading and PNG encoding; concurrency is bounded by the per-model schedulers.
         self._executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="genserve-worker")
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> int:
         """Bind, start serving health and reflection (NOT_SERVING), and return the bound port."""
+        security = self.config.security
+        calls.configure_logging(self.config.log_format)
+        if security.auth_token_file is not None:
+            try:
+                self.auth = TokenAuth(security.auth_token_file)
+            except TokenFileError as exc:
+                raise StartupError(str(exc)) from exc
         server = self._new_server()
-        generation = GenerationServicer(self.registry, self._executor, self.metrics)
-        genserve_pb2_grpc.add_GenerationServiceServicer_to_server(
-            with_error_statuses(generation, convert.SERVICE_DESCRIPTOR, self.admission, generation.WORK_METHODS), server
+        gate = CallGate(self.admission, self.metrics, self.auth)
+        generation = GenerationServicer(self.registry, self._executor)
+        register(
+            server, genserve_pb2_grpc.add_GenerationServiceServicer_to_server, generation, gate, generation.WORK_METHODS
         )
         inference = kserve.InferenceServicer(self.registry, self.config, self.metrics, self.admission)
-        kserve.add_to_server(
-            with_error_statuses(inference, kserve.SERVICE_DESCRIPTOR, self.admission, inference.WORK_METHODS), server
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            [convert.SERVICE_NAME, kserve.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-        )
+        register(server, kserve.add_to_server, inference, gate, inference.WORK_METHODS)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)  # open to all: probes carry no token
+        if security.reflection:
+            names = [convert.SERVICE_NAME, kserve.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+            servicer = reflection.aio.ReflectionServicer(names)
+            register(server, reflection_pb2_grpc.add_ServerReflectionServicer_to_server, servicer, gate)
         for service in HEALTH_SERVICES:
             await self.health.set(service, convert.health_status(serving=False))
         address = f"{self.config.host}:{self.config.port}"
         try:
-            port = server.add_insecure_port(address)
-        except RuntimeError as exc:
+            port = _bind(server, address, security)
+        except (RuntimeError, OSError) as exc:
             raise StartupError(f"cannot listen on {address}: {exc}") from exc
         await server.start()
         self._server, self.port = server, port
-        log.info("listening on %s:%d", self.config.host, port)
+        mode = "mutual TLS" if security.tls_client_ca else "TLS" if security.tls else "plain text"
+        log.info("transport security: %s%s", mode, ", bearer tokens" if self.auth else "")
+        log.info("listening on %s:%d", self.config.host, port)  # its last word is the port: tests parse it
         if self.config.metrics_port is not None:
             host = self.config.metrics_host or self.config.host
             try:
@@ -91,9 +107,10 @@ class GenserveServer:
         """The gRPC server on the configured transport (``ServerConfig.frontend``); StartupError if
         ``native`` is asked for and not built."""
         limit, frontend = self.config.max_message_bytes, self.config.frontend
+        connection = connection_args(self.config.connection)
         if frontend != "grpcio" and native.available():
             log.info("gRPC transport: native (gRPC C++ %s, serving/native)", native.grpc_version())
-            return native.NativeServer(limit)
+            return native.NativeServer(limit, connection)
         if frontend == "native":
             raise StartupError(f"--frontend native: {native.unavailable_reason()}")
         why = "asked for" if frontend == "grpcio" else native.unavailable_reason()
@@ -108,6 +125,7 @@ class GenserveServer:
                 # model queues instead, whose bound rejects with a status that says what happened.
                 ("grpc.server.max_pending_requests", CORE_PENDING_CALLS),
                 ("grpc.server.max_pending_requests_hard_limit", 2 * CORE_PENDING_CALLS),
+                *connection,
             ],
         )
 
@@ -138,16 +156,28 @@ class GenserveServer:
             await self.health.set(service, convert.health_status(serving=True))
         log.info("serving %d models: %s", len(runners), ", ".join(sorted(runners)))
 
-    async def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING, refuse new calls, give calls in flight ``grace`` seconds, then cancel them.
+    def reload_tokens(self) -> None:
+        """Re-read the bearer tokens (SIGHUP); a no-op without ``--auth-token-file``."""
+        if self.auth is not None:
+            self.auth.reload()
 
-        New calls are refused in-process (``Admission``: UNAVAILABLE, which clients retry) while the
-        calls in flight finish, and the transport stops after them: a call that raced gRPC core's
-        own shutdown would be cancelled (CANCELLED, which they do not retry)."""
+    async def stop(self, grace: float | None = None, drain_delay: float = 0.0) -> None:
+        """NOT_SERVING; go on taking calls for ``drain_delay`` seconds; then refuse new calls, give
+        calls in flight ``grace`` seconds, and cancel the rest.
+
+        The delay is for balancers: they learn of NOT_SERVING at their next health check (and
+        Kubernetes removes an endpoint on its own clock), and a call they send meanwhile must not
+        fail. New calls are then refused in-process (``Admission``: UNAVAILABLE, which clients
+        retry) while the calls in flight finish, and the transport stops after them: a call that
+        raced gRPC core's own shutdown would be cancelled (CANCELLED, which they do not retry)."""
         grace = self.config.grace_period if grace is None else grace
+        self.admission.draining = True
+        await self.health.enter_graceful_shutdown()
+        if drain_delay > 0 and self._server is not None:
+            log.info("NOT_SERVING; taking calls %.1f s more while balancers stop sending", drain_delay)
+            await asyncio.sleep(drain_delay)
         end = time.monotonic() + grace
         self.admission.close()
-        await self.health.enter_graceful_shutdown()
         if self._server is not None:
             log.info("draining: %d model calls in flight, %.1f s to finish", self.admission.in_flight, grace)
             if await self.admission.wait_idle(grace):
@@ -162,6 +192,32 @@ class GenserveServer:
         # Calls cut at the end of the grace period stop at their next engine call; the interpreter
         # joins these threads at exit.
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def connection_args(options: ConnectionOptions) -> list[tuple[str, int]]:
+    """gRPC channel arguments for ``options``, the same on both transports."""
+    names = {
+        "max_connection_age": "grpc.max_connection_age_ms",
+        "max_connection_age_grace": "grpc.max_connection_age_grace_ms",
+        "keepalive_time": "grpc.keepalive_time_ms",
+        "keepalive_timeout": "grpc.keepalive_timeout_ms",
+    }
+    values = {field: getattr(options, field) for field in names}
+    return [(names[field], round(value * 1000)) for field, value in values.items() if value is not None]
+
+
+def _bind(server: grpc.aio.Server, address: str, security: SecurityOptions) -> int:
+    """Listen on ``address``: plain text, TLS, or mutual TLS; the bound port."""
+    if not security.tls:
+        return server.add_insecure_port(address)
+    key, chain = security.tls_key.read_bytes(), security.tls_cert.read_bytes()
+    client_ca = security.tls_client_ca.read_bytes() if security.tls_client_ca else None
+    if isinstance(server, native.NativeServer):
+        return server.add_tls_port(address, key, chain, client_ca)
+    credentials = grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+    return server.add_secure_port(address, credentials)
 
 
 def check_settings(config: ServerConfig, runners: dict[str, ModelRunner]) -> None:
@@ -191,6 +247,8 @@ async def serve(config: ServerConfig) -> None:
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
     server = GenserveServer(config)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_tokens)
+    drain_delay = 0.0  # until it serves: not serving yet, nothing to drain
     try:
         await server.start()
         loading = asyncio.ensure_future(server.load_models())
@@ -199,11 +257,12 @@ async def serve(config: ServerConfig) -> None:
         if loading.done():
             loading.result()  # raises StartupError
             await stop_requested
+            drain_delay = config.drain_delay  # it served: balancers must learn it stops
         else:
             loading.cancel()  # the process exits once the folder being loaded is done
     finally:
-        await server.stop()
-        for sig in signals:
+        await server.stop(drain_delay=drain_delay)
+        for sig in (*signals, signal.SIGHUP):
             loop.remove_signal_handler(sig)
 
 

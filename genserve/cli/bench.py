@@ -9,6 +9,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from genserve.cli import connect
 from genserve.cli.defaults import DEFAULT_SERVER
 
 log = logging.getLogger("genserve")  # one logger for every verb: its name is in each line the user reads
@@ -59,6 +60,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--plot", type=Path, metavar="OUT.png", help="write a PNG of latency by send time and per-second throughput"
     )
+    p.add_argument(
+        "--no-retry", action="store_true", help="count UNAVAILABLE as it happens instead of retrying it (default retry)"
+    )
+    connect.add_arguments(p)
     p.set_defaults(func=_bench_load)
 
 
@@ -78,6 +83,8 @@ def _bench_load(args: argparse.Namespace) -> int:
             priority=args.priority,
             warmup=args.warmup,
             seed=args.seed,
+            credentials=connect.credentials(args),
+            retry=not args.no_retry,
         )
     except ValueError as exc:
         log.error("%s", exc)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from genserve.cli import connect
 from genserve.cli.defaults import DEFAULT_SERVER
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         p = sub.add_parser(name, help=help)
         p.add_argument("--server", default=DEFAULT_SERVER, help=f"HOST:PORT (default {DEFAULT_SERVER})")
         p.add_argument("--timeout", type=float, help="deadline of the call in seconds (default none)")
+        connect.add_arguments(p)
         return p
 
     p = client_parser("models", "list the models a server serves: name, kind, shapes, classes, inputs")
@@ -100,7 +102,7 @@ def _rpc_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[argpa
 def _models(args: argparse.Namespace) -> int:
     from genserve.client import GenserveClient
 
-    with GenserveClient(args.server, timeout=args.timeout) as client:
+    with GenserveClient(args.server, timeout=args.timeout, credentials=connect.credentials(args)) as client:
         for info in client.list_models():
             print(describe_model(info))
     return 0
@@ -131,7 +133,7 @@ def describe_model(info: ModelInfo) -> str:
 def _generate(args: argparse.Namespace) -> int:
     from genserve.client import GenserveClient
 
-    with GenserveClient(args.server, timeout=args.timeout) as client:
+    with GenserveClient(args.server, timeout=args.timeout, credentials=connect.credentials(args)) as client:
         options = dict(
             seed=args.seed,
             steps=args.steps,
@@ -180,7 +182,10 @@ def _translate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         log.error("%s", exc)
         return 2
-    with GenserveClient(args.server, timeout=args.timeout) as client, _image_bar(args.model, len(sources)) as bar:
+    with (
+        GenserveClient(args.server, timeout=args.timeout, credentials=connect.credentials(args)) as client,
+        _image_bar(args.model, len(sources)) as bar,
+    ):
         batch = client.translate(args.model, sources, progress=bar.update)
     written = write_translations(batch, args.out, names)
     log.info("wrote %d images from %s to %s", len(batch), args.model, written)

@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from genserve.cli import connect
 from genserve.cli.defaults import DEFAULT_MODELS
 
 log = logging.getLogger("genserve")  # one logger for every verb: its name is in each line the user reads
@@ -28,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--images", type=Path, help="judge a uint8 .npy of (N, 28, 28) images instead of sampling")
     p.add_argument("--grid", type=Path, help="also write the first 100 samples as a PNG grid")
     p.add_argument("--update-manifest", action="store_true", help="record the metrics in the model's manifest")
+    connect.add_arguments(p)
     p.add_argument(
         "--spread",
         type=int,
@@ -59,7 +61,7 @@ def _eval(args: argparse.Namespace) -> int:
     elif args.server:
         from genserve.client import GenserveClient
 
-        with GenserveClient(args.server) as client:
+        with GenserveClient(args.server, credentials=connect.credentials(args)) as client:
             samples = client.generate(name, args.num_images, seed=args.seed, steps=args.steps)
         source = f"server {args.server}"
     else:

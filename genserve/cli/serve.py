@@ -12,11 +12,11 @@ log = logging.getLogger("genserve")  # one logger for every verb: its name is in
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from genserve.serving.config import FRONTENDS, Backend, Precision  # no grpc, numpy or torch: cheap
+    from genserve.serving.config import FRONTENDS, LOG_FORMATS, Backend, Precision  # no grpc, numpy or torch
 
     p = sub.add_parser("serve", help="serve the model folders over gRPC until SIGTERM/SIGINT")
     p.add_argument("--config", type=Path, help="server config file (TOML; see serving/config.py and docs/serving.md)")
-    p.add_argument("--host", help="address to bind (default 0.0.0.0)")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 = every interface)")
     p.add_argument("--port", type=int, help="port to bind; 0 = any free port (default 50051)")
     p.add_argument("--models", type=Path, help=f"model repository (default {DEFAULT_MODELS})")
     p.add_argument("--backend", choices=[b.value for b in Backend], help="engine backend (default onnxruntime)")
@@ -39,6 +39,40 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--grace-period", type=float, help="seconds queued and running calls get at shutdown (default 10)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics at :PORT/metrics (default off)")
+    p.add_argument(
+        "--log-format", choices=LOG_FORMATS, help="json: one JSON object per line, one per finished call (default text)"
+    )
+    lb = p.add_argument_group("behind a load balancer")
+    lb.add_argument(
+        "--drain-delay",
+        type=float,
+        metavar="S",
+        help="at SIGTERM, report NOT_SERVING and keep accepting calls S seconds so balancers stop "
+        "sending, then drain (default 0)",
+    )
+    lb.add_argument(
+        "--max-connection-age", type=float, metavar="S", help="GOAWAY a connection after S seconds (default never)"
+    )
+    lb.add_argument(
+        "--max-connection-age-grace", type=float, metavar="S", help="calls on an aged connection get S more seconds"
+    )
+    lb.add_argument("--keepalive-time", type=float, metavar="S", help="PING idle connections every S seconds")
+    lb.add_argument(
+        "--keepalive-timeout", type=float, metavar="S", help="close a connection whose PING is unanswered for S s"
+    )
+    sec = p.add_argument_group("security")
+    sec.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve TLS with this certificate chain")
+    sec.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
+    sec.add_argument(
+        "--tls-client-ca", type=Path, metavar="PEM", help="mutual TLS: require client certificates signed by this CA"
+    )
+    sec.add_argument(
+        "--auth-token-file",
+        type=Path,
+        metavar="FILE",
+        help="require `authorization: Bearer <token>` on every call but health; one token per line, reloaded on SIGHUP",
+    )
+    sec.add_argument("--reflection", choices=["on", "off"], help="the gRPC reflection service (default on)")
     batching = p.add_argument_group("batching and queueing (every model; overrides the config file)")
     batching.add_argument("--max-batch-size", type=int, help="images per engine call (default: the engine's limit)")
     batching.add_argument("--max-queue-delay-ms", type=float, help="longest wait for a fuller batch (default 0)")
@@ -68,6 +102,21 @@ def _serve(args: argparse.Namespace) -> int:
         "frontend": args.frontend,
         "grace_period": args.grace_period,
         "metrics_port": args.metrics_port,
+        "drain_delay": args.drain_delay,
+        "log_format": args.log_format,
+        "connection": _given(
+            max_connection_age=args.max_connection_age,
+            max_connection_age_grace=args.max_connection_age_grace,
+            keepalive_time=args.keepalive_time,
+            keepalive_timeout=args.keepalive_timeout,
+        ),
+        "security": _given(
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+            auth_token_file=args.auth_token_file,
+            reflection=None if args.reflection is None else args.reflection == "on",
+        ),
         "engine": {
             key: value
             for key, value in (
@@ -97,3 +146,8 @@ def _serve(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 1
     return 0
+
+
+def _given(**values: object) -> dict[str, object]:
+    """The flags that were given (not None)."""
+    return {key: value for key, value in values.items() if value is not None}

@@ -12,9 +12,10 @@ with bytes. So every service, error mapping, deadline, batcher and metric is the
 both transports run; what changes is only who moves the bytes.
 
 What a handler's context offers here: ``abort``, ``time_remaining``, ``write``, ``cancelled``,
-``done``, ``set_code``/``set_details``/``code``/``details``, ``add_done_callback``, empty
-metadata and a fixed ``peer``. Plain-text ports only: TLS belongs to the load balancer, or to
-``--frontend grpcio``.
+``done``, ``set_code``/``set_details``/``code``/``details``, ``add_done_callback``, the client's
+``invocation_metadata`` and ``peer`` (as grpcio gives them), and ``set_trailing_metadata``. The
+port serves plain text or TLS (``add_tls_port``, mutual TLS with a client CA); connection age and
+keepalive are channel arguments (``channel_args``), as grpcio takes them.
 
 Built by ``serving/native/build.sh`` (``make`` runs it); ``available()`` says whether it is.
 """
@@ -66,6 +67,9 @@ class _CallDetails(NamedTuple):  # grpc.HandlerCallDetails, for generic handlers
     invocation_metadata: tuple
 
 
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+
 def _code_of(code: grpc.StatusCode) -> int:
     return code.value[0]
 
@@ -78,12 +82,12 @@ class _Outbox:
     def __init__(self, server: Any, loop: asyncio.AbstractEventLoop):
         self._server = server
         self._loop = loop
-        self._ends: list[tuple[int, int, str, bytes | None]] = []
+        self._ends: list[tuple[int, int, str, bytes | None, Metadata | None]] = []
 
-    def add(self, call_id: int, code: int, details: str, last: bytes | None) -> None:
+    def add(self, call_id: int, code: int, details: str, last: bytes | None, trailing: Metadata | None) -> None:
         if not self._ends:
             self._loop.call_soon(self.flush)
-        self._ends.append((call_id, code, details, last))
+        self._ends.append((call_id, code, details, last, trailing))
 
     def flush(self) -> None:
         ends, self._ends = self._ends, []
@@ -100,6 +104,9 @@ class _Call:
         "_outbox",
         "first",
         "deadline",
+        "metadata",
+        "peer",
+        "trailing",
         "task",
         "cancelled",
         "_reading",
@@ -107,12 +114,24 @@ class _Call:
         "_done_callbacks",
     )
 
-    def __init__(self, server: Any, outbox: _Outbox, call_id: int, timeout: float | None, first: bytes | None):
+    def __init__(
+        self,
+        server: Any,
+        outbox: _Outbox,
+        call_id: int,
+        timeout: float | None,
+        first: bytes | None,
+        metadata: Metadata,
+        peer: str,
+    ):
         self.id = call_id
         self._server = server
         self._outbox = outbox
         self.first = first
         self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.metadata = metadata
+        self.peer = peer
+        self.trailing: Metadata | None = None  # sent with the status
         self.task: asyncio.Task | None = None
         self.cancelled = False
         self._reading: asyncio.Future | None = None
@@ -145,7 +164,7 @@ class _Call:
         """End the call (once; later calls do nothing), after the writes already started."""
         if not self._finished:
             self._finished = True
-            self._outbox.add(self.id, _code_of(code), details, last)
+            self._outbox.add(self.id, _code_of(code), details, last, self.trailing)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -214,11 +233,11 @@ class ServicerContext(grpc.aio.ServicerContext):
     def details(self) -> str:
         return self._details
 
-    def invocation_metadata(self) -> tuple:
-        return ()
+    def invocation_metadata(self) -> Metadata:
+        return self._call.metadata
 
     def peer(self) -> str:
-        return "native"
+        return self._call.peer
 
     def peer_identities(self) -> None:
         return None
@@ -233,10 +252,10 @@ class ServicerContext(grpc.aio.ServicerContext):
         pass
 
     def set_trailing_metadata(self, trailing_metadata: Sequence) -> None:
-        pass
+        self._call.trailing = tuple((key, value) for key, value in trailing_metadata)
 
-    def trailing_metadata(self) -> tuple:
-        return ()
+    def trailing_metadata(self) -> Metadata:
+        return self._call.trailing or ()
 
     def set_compression(self, compression: grpc.Compression) -> None:
         pass
@@ -246,12 +265,14 @@ class ServicerContext(grpc.aio.ServicerContext):
 
 
 class NativeServer(grpc.aio.Server):
-    """A ``grpc.aio.Server`` on the compiled transport (plain-text ports, one port per server)."""
+    """A ``grpc.aio.Server`` on the compiled transport (one port per server, plain text or TLS).
+    ``channel_args``: integer gRPC channel arguments (``grpc.max_connection_age_ms``, ...)."""
 
-    def __init__(self, max_message_bytes: int):
+    def __init__(self, max_message_bytes: int, channel_args: Sequence[tuple[str, int]] = ()):
         if _frontend is None:
             raise RuntimeError(unavailable_reason())
         self._limit = max_message_bytes
+        self._channel_args = list(channel_args)
         self._methods: dict[str, grpc.RpcMethodHandler] = {}
         self._generic: list[grpc.GenericRpcHandler] = []
         self._server: Any = None
@@ -268,14 +289,23 @@ class NativeServer(grpc.aio.Server):
             self._methods[f"/{service_name}/{name}"] = handler
 
     def add_insecure_port(self, address: str) -> int:
+        return self._listen(address, None)
+
+    def add_tls_port(self, address: str, private_key: bytes, certificate_chain: bytes, client_ca: bytes | None) -> int:
+        """Serve TLS on ``address`` (PEM bytes); ``client_ca``: mutual TLS, clients must present a
+        certificate it signed."""
+        return self._listen(address, (private_key, certificate_chain, client_ca or b""))
+
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
+        raise NotImplementedError("grpc.ServerCredentials are opaque: give the PEM bytes to add_tls_port")
+
+    def _listen(self, address: str, tls: tuple[bytes, bytes, bytes] | None) -> int:
         if self._server is not None:
             raise RuntimeError("the compiled transport serves one port per server")
         streaming = [method for method, handler in self._methods.items() if handler.request_streaming]
-        self._server = _frontend.Server(address, self._limit, self._limit, streaming)  # RuntimeError if taken
+        # RuntimeError if the port is taken, or the certificate or key does not load
+        self._server = _frontend.Server(address, self._limit, self._limit, streaming, tls, self._channel_args)
         return self._server.port
-
-    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
-        raise NotImplementedError("the compiled transport serves plain text: terminate TLS before it, or use grpcio")
 
     async def start(self) -> None:
         if self._server is None:
@@ -313,7 +343,7 @@ class NativeServer(grpc.aio.Server):
         handler = self._methods.get(method)
         if handler is None:
             for generic in self._generic:
-                handler = generic.service(_CallDetails(method, ()))
+                handler = generic.service(_CallDetails(method, ()))  # by method name only, so cached
                 if handler is not None:
                     self._methods[method] = handler
                     break
@@ -324,12 +354,15 @@ class NativeServer(grpc.aio.Server):
         calls, server = self._calls, self._server
         if server is None:
             return
-        for kind, call_id, method, timeout, payload in server.take_events():
+        for event in server.take_events():
+            kind, call_id = event[0], event[1]
             if kind == _frontend.ARRIVED:
-                call = _Call(server, self._outbox, call_id, timeout, payload)
+                _, _, method, timeout, payload, metadata, peer = event
+                call = _Call(server, self._outbox, call_id, timeout, payload, metadata, peer)
                 calls[call_id] = call
                 call.task = self._loop.create_task(self._serve(call, method))
                 continue
+            payload = event[4]
             call = calls.get(call_id)
             if call is None:
                 continue
@@ -352,13 +385,13 @@ class NativeServer(grpc.aio.Server):
             if handler.request_streaming:
                 request = call.messages(handler.request_deserializer)
             elif call.first is None:
-                call.finish(grpc.StatusCode.INTERNAL, "the client sent no request message")
+                call.finish(grpc.StatusCode.INVALID_ARGUMENT, "the client sent no request message")
                 return
             else:
                 try:
                     request = _parse(handler.request_deserializer, call.first)
-                except Exception:
-                    call.finish(grpc.StatusCode.INTERNAL, "Exception deserializing request!")
+                except Exception as exc:  # genserve's own handlers never raise here (interceptors.register)
+                    call.finish(grpc.StatusCode.INVALID_ARGUMENT, f"the request does not parse: {exc}")
                     return
             if not handler.response_streaming:
                 behavior = handler.unary_unary or handler.stream_unary

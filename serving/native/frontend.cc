@@ -24,6 +24,8 @@
 #include <condition_variable>
 #include <functional>
 #include <thread>
+#include <tuple>
+#include <utility>
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -42,12 +44,16 @@ namespace {
 // Event kinds, mirrored in native.py.
 enum Kind : int { ARRIVED = 0, MESSAGE = 1, HALF_CLOSED = 2, CANCELLED = 3, DONE = 4 };
 
+using Metadata = std::vector<std::pair<std::string, std::string>>;
+
 struct Event {
   Kind kind;
   uint64_t call;
   std::string method;                 // ARRIVED
   double timeout = -1;                // ARRIVED: seconds left until the call's deadline; < 0 = none
   std::optional<std::string> payload; // ARRIVED (the first message, if read) and MESSAGE
+  Metadata metadata = {};             // ARRIVED: the client's metadata (keys lower-case; "-bin" values decoded)
+  std::string peer = {};              // ARRIVED: "ipv4:127.0.0.1:5555", as grpcio says it
 };
 
 std::string flatten(const grpc::ByteBuffer& buffer) {
@@ -201,11 +207,13 @@ class Call final : public grpc::ServerGenericBidiReactor {
     StartWrite(&write_buf_);
   }
 
-  // The call's status, after the writes queued so far (and `last`, if given, sent with it).
-  void finish(int code, std::string details, std::optional<std::string> last) {
+  // The call's status, after the writes queued so far (and `last`, if given, sent with it), with
+  // `trailing` metadata.
+  void finish(int code, std::string details, std::optional<std::string> last, const Metadata& trailing = {}) {
     std::unique_lock<std::mutex> lock(mu_);
     if (finish_requested_) return;
     finish_requested_ = true;
+    for (const auto& [key, value] : trailing) ctx_->AddTrailingMetadata(key, value);
     status_ = grpc::Status(static_cast<grpc::StatusCode>(code), std::move(details));
     if (broken_) last.reset();
     if (writing_) {
@@ -266,6 +274,12 @@ class Call final : public grpc::ServerGenericBidiReactor {
  private:
   Event arrival(std::optional<std::string> payload) {
     Event e{ARRIVED, id_, ctx_->method(), -1, std::move(payload)};
+    const auto& metadata = ctx_->client_metadata();
+    e.metadata.reserve(metadata.size());
+    for (const auto& [key, value] : metadata) {
+      e.metadata.emplace_back(std::string(key.data(), key.size()), std::string(value.data(), value.size()));
+    }
+    e.peer = ctx_->peer();
     auto deadline = ctx_->deadline();
     if (deadline != std::chrono::system_clock::time_point::max()) {
       e.timeout = std::chrono::duration<double>(deadline - std::chrono::system_clock::now()).count();
@@ -292,13 +306,29 @@ class Call final : public grpc::ServerGenericBidiReactor {
 
 class Server final : public grpc::CallbackGenericService {
  public:
-  Server(const std::string& address, int max_receive, int max_send, std::vector<std::string> streaming_requests)
+  // `tls`: (private key, certificate chain, client CA) in PEM, or none for plain text; a client CA
+  // (not empty) makes it mutual TLS: clients must present a certificate it signed.
+  // `channel_args`: integer channel arguments (connection age, keepalive), as grpcio takes them.
+  Server(const std::string& address, int max_receive, int max_send, std::vector<std::string> streaming_requests,
+         std::optional<std::tuple<std::string, std::string, std::string>> tls,
+         std::vector<std::pair<std::string, int>> channel_args)
       : streaming_requests_(streaming_requests.begin(), streaming_requests.end()) {
     grpc::ServerBuilder builder;
-    builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port_);
+    std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+    if (tls) {
+      const auto& [key, chain, client_ca] = *tls;
+      grpc::SslServerCredentialsOptions options(
+          client_ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                            : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+      options.pem_root_certs = client_ca;
+      options.pem_key_cert_pairs.push_back({key, chain});
+      credentials = grpc::SslServerCredentials(options);
+    }
+    builder.AddListeningPort(address, credentials, &port_);
     builder.SetMaxReceiveMessageSize(max_receive);
     builder.SetMaxSendMessageSize(max_send);
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a port in use is an error
+    for (const auto& [name, value] : channel_args) builder.AddChannelArgument(name, value);
     builder.RegisterCallbackGenericService(this);
     server_ = builder.BuildAndStart();
     if (!server_ || port_ == 0) throw std::runtime_error("cannot listen on " + address);
@@ -314,7 +344,9 @@ class Server final : public grpc::CallbackGenericService {
         std::lock_guard<std::mutex> lock(mu_);
         for (auto& entry : calls_) open.push_back(entry.second);
       }
-      for (auto& call : open) call->finish(static_cast<int>(grpc::StatusCode::UNAVAILABLE), "the server stopped", std::nullopt);
+      for (auto& call : open) {
+        call->finish(static_cast<int>(grpc::StatusCode::UNAVAILABLE), "the server stopped", std::nullopt);
+      }
       server_->Shutdown(std::chrono::system_clock::now());
       server_.reset();
     }
@@ -390,7 +422,15 @@ py::list take_events(Server& server) {
     py::object payload = e.payload ? py::object(py::bytes(*e.payload)) : py::none();
     if (e.kind == ARRIVED) {
       py::object timeout = e.timeout < 0 ? py::none() : py::object(py::float_(e.timeout));
-      out[i++] = py::make_tuple(static_cast<int>(e.kind), e.call, py::str(e.method), timeout, payload);
+      py::tuple metadata(e.metadata.size());
+      size_t j = 0;
+      for (const auto& [key, value] : e.metadata) {
+        bool binary = key.size() > 4 && key.compare(key.size() - 4, 4, "-bin") == 0;
+        py::object v = binary ? py::object(py::bytes(value)) : py::object(py::str(value));
+        metadata[j++] = py::make_tuple(py::str(key), v);
+      }
+      out[i++] = py::make_tuple(static_cast<int>(e.kind), e.call, py::str(e.method), timeout, payload, metadata,
+                                py::str(e.peer));
     } else {
       out[i++] = py::make_tuple(static_cast<int>(e.kind), e.call, py::none(), py::none(), payload);
     }
@@ -409,8 +449,11 @@ PYBIND11_MODULE(_frontend, m) {
   m.attr("DONE") = static_cast<int>(DONE);
   m.attr("GRPC_VERSION") = grpc::Version();
   py::class_<Server>(m, "Server")
-      .def(py::init<const std::string&, int, int, std::vector<std::string>>(), py::arg("address"),
-           py::arg("max_receive"), py::arg("max_send"), py::arg("streaming_requests"))
+      .def(py::init<const std::string&, int, int, std::vector<std::string>,
+                    std::optional<std::tuple<std::string, std::string, std::string>>,
+                    std::vector<std::pair<std::string, int>>>(),
+           py::arg("address"), py::arg("max_receive"), py::arg("max_send"), py::arg("streaming_requests"),
+           py::arg("tls"), py::arg("channel_args"))
       .def_property_readonly("port", &Server::port)
       .def_property_readonly("fd", &Server::fd)
       .def("take_events", &take_events)
@@ -429,8 +472,8 @@ PYBIND11_MODULE(_frontend, m) {
            })
       .def("finish_all",
            [](Server& s, const py::list& ends) {
-             // (call, code, details, last) for each call ended in one turn of the event loop: one
-             // crossing and at most one wake-up of the sender for all of them.
+             // (call, code, details, last, trailing) for each call ended in one turn of the event loop:
+             // one crossing and at most one wake-up of the sender for all of them.
              std::vector<std::function<void()>> ops;
              ops.reserve(ends.size());
              for (const auto& item : ends) {
@@ -441,8 +484,11 @@ PYBIND11_MODULE(_frontend, m) {
                std::string details = end[2].cast<std::string>();
                std::optional<std::string> bytes;
                if (!end[3].is_none()) bytes = std::string(end[3].cast<py::bytes>());
-               ops.push_back([call, code, details = std::move(details), bytes = std::move(bytes)]() mutable {
-                 call->finish(code, std::move(details), std::move(bytes));
+               Metadata trailing;
+               if (!end[4].is_none()) trailing = end[4].cast<Metadata>();
+               ops.push_back([call, code, details = std::move(details), bytes = std::move(bytes),
+                              trailing = std::move(trailing)]() mutable {
+                 call->finish(code, std::move(details), std::move(bytes), trailing);
                });
              }
              s.sender().post_all(ops);

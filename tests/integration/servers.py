@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from genserve.client import GenserveClient
+from genserve.client import Credentials, GenserveClient
 from genserve.serving import native
 
 GENSERVE = Path(sys.executable).parent / "genserve"  # the console script of this virtualenv
@@ -93,9 +93,9 @@ class ServerProcess:
                 self._changed.wait(remaining)
 
     def wait_until_listening(self) -> ServerProcess:
-        self.port = int(self.wait_for_line(r"listening on \S+:(\d+)$").group(1))
+        self.port = int(self.wait_for_line(r'listening on [^\s"]+:(\d+)(?:"|$)').group(1))
         if self.metrics:
-            self.metrics_port = int(self.wait_for_line(r"metrics on http://\S+:(\d+)/metrics").group(1))
+            self.metrics_port = int(self.wait_for_line(r"metrics on http://[^\s/]+:(\d+)/metrics").group(1))
         return self
 
     def scrape_metrics(self) -> str:
@@ -104,9 +104,12 @@ class ServerProcess:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
             return response.read().decode()
 
-    def wait_until_serving(self, timeout: float = START_TIMEOUT) -> ServerProcess:
+    def wait_until_serving(
+        self, timeout: float = START_TIMEOUT, credentials: Credentials | None = None
+    ) -> ServerProcess:
+        """``credentials``: what the health check connects with (TLS; health needs no token)."""
         self.wait_until_listening()
-        with GenserveClient(self.target) as client:
+        with GenserveClient(self.target, credentials=credentials) as client:
             client.wait_until_serving(timeout)
         return self
 

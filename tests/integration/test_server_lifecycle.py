@@ -100,7 +100,7 @@ def test_sigterm_reports_not_serving_refuses_new_calls_and_lets_running_and_queu
     assert call.result().shape == (2, 28, 28, 1)
     assert queued.result().shape == (1, 28, 28, 1)
     log = server.log
-    assert log.index("received SIGTERM") < log.index(f"Generate model={DDPM}"), "the call ended before SIGTERM"
+    assert log.index("received SIGTERM") < log.index(f"Generate OK model={DDPM}"), "the call ended before SIGTERM"
 
 
 def test_sigterm_exits_at_the_end_of_the_grace_period_when_a_call_outlasts_it(start_server, frontend):
