@@ -1,16 +1,27 @@
 """What every benchmark report carries and how it is written: the machine it ran on, the JSON
-under benchmarks/results/, its plot next to it, and its markdown table on stdout."""
+under benchmarks/results/, its plot next to it, and its markdown table on stdout.
+
+Runs that keep their evidence write into a new folder each time (``run_folder``):
+``benchmarks/results/runs/<date>-<benchmark>[-k]/``, never one that exists, with
+``environment()`` (the machine, its load before the run, the versions and the git commit).
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import importlib.metadata
 import json
 import os
 import platform
+import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "benchmarks" / "results" / "runs"
 
 
 def machine() -> dict[str, Any]:
@@ -39,3 +50,38 @@ def write(result: dict[str, Any], path: Path, draw: Callable[[Path], Path], tabl
     png = draw(path.with_suffix(".png"))
     print(table)
     print(f"wrote {path} and {png}", file=sys.stderr)
+
+
+def run_folder(benchmark: str, root: Path = RUNS, today: dt.date | None = None) -> Path:
+    """A new ``root/<date>-<benchmark>`` (``-2``, ``-3``... when it exists): a run never rewrites another's files."""
+    base = f"{(today or dt.date.today()).isoformat()}-{benchmark}"
+    folder, k = root / base, 1
+    while folder.exists():
+        k += 1
+        folder = root / f"{base}-{k}"
+    folder.mkdir(parents=True)
+    return folder
+
+
+def environment(packages: Iterable[str] = ("grpcio", "onnxruntime", "numpy", "protobuf")) -> dict[str, Any]:
+    """The machine, its load average before the run, Python and package versions, the git commit."""
+
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return result.stdout.strip()
+
+    versions = {}
+    for name in packages:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+        "python": sys.version.split()[0],
+        "packages": versions,
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty_files": git("status", "--porcelain", "--untracked-files=no").splitlines(),
+    }

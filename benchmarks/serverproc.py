@@ -15,6 +15,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from genserve.channel import Credentials, open_channel
+
 GENSERVE = Path(sys.executable).with_name("genserve")
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
@@ -40,8 +42,9 @@ def _drain(stream) -> None:
         pass
 
 
-def start_server(*args: str, timeout: float = 120.0) -> ServerProcess:
-    """Spawn ``genserve serve --port 0 ARGS``; return once the overall health is SERVING."""
+def start_server(*args: str, timeout: float = 120.0, tls_ca: Path | None = None) -> ServerProcess:
+    """Spawn ``genserve serve --port 0 ARGS``; return once the overall health is SERVING.
+    ``tls_ca``: the server serves TLS with a certificate of this CA."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -65,7 +68,7 @@ def start_server(*args: str, timeout: float = 120.0) -> ServerProcess:
             raise TimeoutError("server did not listen in time:\n" + "".join(lines))
     # Keep draining the server's output so it never blocks on a full pipe.
     threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with open_channel(f"127.0.0.1:{port}", Credentials(tls_ca=tls_ca) if tls_ca else None) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             try:

@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -183,8 +184,10 @@ def perf_analyzer(
     env: dict,
     stability_percent: int = 25,
     max_trials: int = 8,
+    extra: Sequence[str] = (),
 ) -> dict[str, str]:
-    """One closed-loop perf_analyzer run over gRPC; its CSV row (the CSV is kept at ``out_csv``)."""
+    """One closed-loop perf_analyzer run over gRPC; its CSV row (the CSV is kept at ``out_csv``).
+    ``extra``: more perf_analyzer flags (TLS)."""
     cmd = [
         str(PERF_ANALYZER),
         *("-m", model, "-i", "grpc", "-u", target),
@@ -192,6 +195,7 @@ def perf_analyzer(
         *("--input-data", str(data), "--measurement-interval", str(window_ms)),
         *("--stability-percentage", str(stability_percent), "--max-trials", str(max_trials)),
         *("-f", str(out_csv)),
+        *extra,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     if proc.returncode != 0 and "Failed to obtain stable measurement" in proc.stdout and window_ms < MAX_WINDOW_MS:
@@ -199,7 +203,7 @@ def perf_analyzer(
         # disagree by more than the stability bound. A longer window is what perf_analyzer advises.
         print(f"  {target} {model} c={concurrency}: not stable in {window_ms} ms windows, again with {2 * window_ms}")
         return perf_analyzer(
-            target, model, concurrency, data, out_csv, 2 * window_ms, env, stability_percent, max_trials
+            target, model, concurrency, data, out_csv, 2 * window_ms, env, stability_percent, max_trials, extra
         )
     if proc.returncode != 0 or not out_csv.exists():
         raise RuntimeError(f"perf_analyzer failed on {target} {model} c={concurrency}:\n{proc.stdout}\n{proc.stderr}")
@@ -217,9 +221,10 @@ def measure(
     out: Path,
     window_ms: int,
     env: dict,
+    extra: Sequence[str] = (),
 ) -> Run:
     """Measurement ``repeat`` of ``server`` (at ``target``) by perf_analyzer, printed as it lands."""
-    row = perf_analyzer(target, model, concurrency, data, out, window_ms, env)
+    row = perf_analyzer(target, model, concurrency, data, out, window_ms, env, extra=extra)
     run = replace(to_run(server, model, concurrency, row, out), repeat=repeat)
     print(
         f"{server:9s} {model:12s} c={concurrency:3d} #{repeat} {run.throughput:8.1f} req/s"

@@ -3,27 +3,21 @@ servers on loopback, certificates made at test time by a throwaway CA."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.grpc import service_pb2 as kserve_pb
 from tritonclient.grpc import service_pb2_grpc as kserve_grpc
 
+from deploy.certs import Pki, make_pki
 from genserve.channel import Credentials, open_channel
 from genserve.client import GenserveClient
 from genserve.serving import convert
@@ -34,84 +28,9 @@ GAN = "dcgan-tiny"
 TOKENS = ("first-token", "second-token")
 
 
-@dataclass(frozen=True)
-class Pki:
-    ca: Path  # the CA the server's certificates and the good client certificate chain to
-    server_cert: Path
-    server_key: Path
-    expired_cert: Path  # a server certificate of the same CA whose validity ended yesterday
-    client_cert: Path
-    client_key: Path
-    rogue_ca: Path  # another CA, with its own client certificate
-    rogue_cert: Path
-    rogue_key: Path
-
-
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _write(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    return path
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _certificate(
-    name: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
-    *,
-    ca: bool = False,
-    server: bool = False,
-    days: tuple[int, int] = (-1, 30),
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer[0].subject if issuer else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now + datetime.timedelta(days=days[0]))
-        .not_valid_after(now + datetime.timedelta(days=days[1]))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if server:
-        names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    return builder.sign(issuer[1] if issuer else key, hashes.SHA256())
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    d = tmp_path_factory.mktemp("pki")
-    pem = serialization.Encoding.PEM
-    ca_key, rogue_ca_key = _key(), _key()
-    ca = _certificate("genserve test CA", ca_key, None, ca=True)
-    rogue_ca = _certificate("rogue CA", rogue_ca_key, None, ca=True)
-    server_key, client_key, rogue_key = _key(), _key(), _key()
-    server = _certificate("localhost", server_key, (ca, ca_key), server=True)
-    expired = _certificate("localhost", server_key, (ca, ca_key), server=True, days=(-30, -1))
-    client = _certificate("client", client_key, (ca, ca_key))
-    rogue = _certificate("client", rogue_key, (rogue_ca, rogue_ca_key))
-    return Pki(
-        ca=_write(d / "ca.pem", ca.public_bytes(pem)),
-        server_cert=_write(d / "server.pem", server.public_bytes(pem)),
-        server_key=_write(d / "server.key", _pem_key(server_key)),
-        expired_cert=_write(d / "expired.pem", expired.public_bytes(pem)),
-        client_cert=_write(d / "client.pem", client.public_bytes(pem)),
-        client_key=_write(d / "client.key", _pem_key(client_key)),
-        rogue_ca=_write(d / "rogue-ca.pem", rogue_ca.public_bytes(pem)),
-        rogue_cert=_write(d / "rogue.pem", rogue.public_bytes(pem)),
-        rogue_key=_write(d / "rogue.key", _pem_key(rogue_key)),
-    )
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def _status_of(credentials: Credentials, target: str, **kwargs) -> grpc.StatusCode:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import queue
 import shutil
 import signal
@@ -144,3 +145,40 @@ def test_a_port_already_in_use_stops_the_server_with_the_reason(start_server, se
     second = start_server("--frontend", frontend, "--port", str(server.port))  # the last --port wins
     assert second.wait(timeout=60) == 1
     assert f"cannot listen on 127.0.0.1:{server.port}" in second.log
+
+
+def test_the_drain_delay_reports_not_serving_and_still_takes_calls_until_it_ends(start_server, frontend):
+    server = start_server("--frontend", frontend, "--drain-delay", "3", verbose=True).wait_until_serving()
+    with GenserveClient(server.target, timeout=30) as client:
+        long_call = CallInThread(server.target, model=DDPM, num_images=1, seed=3, steps=1000)  # holds the drain open
+        server.wait_for_line(rf"model={DDPM} running batch")
+        server.proc.send_signal(signal.SIGTERM)
+        server.wait_for_line("NOT_SERVING; taking calls 3.0 s more")
+        assert client.health() == "NOT_SERVING"  # balancers take it out now...
+        assert client.generate("dcgan-tiny", 1, seed=1).shape == (1, 28, 28, 1)  # ...and calls sent meanwhile succeed
+        server.wait_for_line("draining")
+        with pytest.raises(grpc.RpcError) as refused:  # retried by the client, refused every time
+            client.generate("dcgan-tiny", 1, seed=2)
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert long_call.result().shape == (1, 28, 28, 1)
+    assert server.wait(timeout=30) == 0
+
+
+def test_max_connection_age_closes_connections_without_failing_calls(start_server, frontend):
+    args = ("--frontend", frontend, "--max-connection-age", "0.5", "--max-connection-age-grace", "5")
+    server = start_server(*args).wait_until_serving()
+    states: list[grpc.ChannelConnectivity] = []
+    with GenserveClient(server.target, timeout=30) as client:
+        client._channel.subscribe(states.append)
+        end, ok = time.monotonic() + 3, 0
+        while time.monotonic() < end:
+            ok += client.generate("dcgan-tiny", 1, seed=ok).shape[0]  # any failure raises
+        client._channel.unsubscribe(states.append)
+    # GOAWAY at the age limit: the channel goes idle and reconnects (where a balancer would pick anew).
+    reconnects = sum(
+        1
+        for a, b in itertools.pairwise(states)
+        if (a, b) == (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.IDLE)
+    )
+    assert reconnects >= 2, states
+    assert ok > 0
