@@ -8,9 +8,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 50051
-HOST ?= 0.0.0.0
+HOST ?= 127.0.0.1
 BACKEND ?= onnxruntime
 METRICS_PORT ?= 9090
+# More `genserve serve` flags for `make serve`, e.g. SERVE_FLAGS='--drain-delay 5 --log-format json'.
+SERVE_FLAGS ?=
 
 .PHONY: serve test install native lint protos clean-venv
 
@@ -38,7 +40,7 @@ install: $(STAMP) $(NATIVE)
 native: $(NATIVE)
 
 serve: $(STAMP) $(NATIVE)
-	$(BIN)/genserve serve --host $(HOST) --port $(PORT) --backend $(BACKEND) --metrics-port $(METRICS_PORT)
+	$(BIN)/genserve serve --host $(HOST) --port $(PORT) --backend $(BACKEND) --metrics-port $(METRICS_PORT) $(SERVE_FLAGS)
 
 test: $(STAMP) $(NATIVE)
 	$(BIN)/python -m pytest
