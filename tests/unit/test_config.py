@@ -143,3 +143,47 @@ def test_the_config_module_stays_cheap_to_import():
     code = f"import sys, genserve.serving.config; print(sorted({runtime} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_security_and_connection_keys_resolve_paths_against_the_file(tmp_path):
+    for name in ("server.pem", "server.key", "ca.pem", "tokens"):
+        (tmp_path / name).write_text("x")
+    text = """
+[server]
+models = "repo"
+tls_cert = "server.pem"
+tls_key = "server.key"
+tls_client_ca = "ca.pem"
+auth_token_file = "tokens"
+reflection = false
+drain_delay_s = 2.5
+log_format = "json"
+max_connection_age_s = 300
+max_connection_age_grace_s = 0
+keepalive_time_s = 60
+"""
+    config = load_config(write(tmp_path, text), {"connection": {"keepalive_timeout": 5.0}})
+    assert config.security.tls_cert == tmp_path / "server.pem" and config.security.tls_client_ca == tmp_path / "ca.pem"
+    assert config.security.auth_token_file == tmp_path / "tokens" and not config.security.reflection
+    assert (config.drain_delay, config.log_format) == (2.5, "json")
+    c = config.connection
+    assert (c.max_connection_age, c.max_connection_age_grace, c.keepalive_time, c.keepalive_timeout) == (300, 0, 60, 5)
+
+
+def test_tls_settings_that_cannot_work_are_refused_at_start(tmp_path):
+    (tmp_path / "server.pem").write_text("x")
+    with pytest.raises(ConfigError) as err:
+        load_config(
+            None,
+            {
+                "models_dir": tmp_path,
+                "security": {"tls_cert": tmp_path / "server.pem", "tls_client_ca": tmp_path / "missing.pem"},
+                "connection": {"max_connection_age": -1.0},
+                "drain_delay": -2.0,
+            },
+        )
+    message = str(err.value)
+    assert "--tls-cert and --tls-key: give both" in message
+    assert f"--tls-client-ca: no such file: {tmp_path / 'missing.pem'}" in message
+    assert "--max-connection-age: expected a number of seconds > 0, got -1.0" in message
+    assert "--drain-delay: expected seconds >= 0, got -2.0" in message
