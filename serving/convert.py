@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import io
 import json
+import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -243,6 +244,8 @@ def _raw_images(array: np.ndarray) -> tuple[np.ndarray, ...]:
 
 # --- Tensors and images ----------------------------------------------------------------------
 
+MAX_TENSOR_DIMS = 32  # NumPy's limit is 32 or 64 (by version); images need 4
+
 
 def tensor_to_proto(array: np.ndarray) -> pb.Tensor:
     """uint8 or float32 array -> Tensor (little-endian, C order)."""
@@ -257,9 +260,11 @@ def tensor_from_proto(msg: pb.Tensor) -> np.ndarray:
     """Tensor -> a (read-only) array of its dtype and shape; InvalidArgument if they disagree with the bytes."""
     dtype = _enum_from_pb(_DTYPE_FROM_PB, msg.dtype, "tensor dtype", pb.DataType)
     shape = tuple(msg.shape)
+    if len(shape) > MAX_TENSOR_DIMS:
+        raise InvalidArgument(f"tensor shape must have at most {MAX_TENSOR_DIMS} dimensions, got {len(shape)}")
     if any(d < 0 for d in shape):
         raise InvalidArgument(f"tensor shape must not have negative dimensions, got {list(shape)}")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: a product past int64 must not wrap to 0
     if len(msg.data) != expected:
         raise InvalidArgument(f"tensor of {dtype} {list(shape)} needs {expected} bytes, got {len(msg.data)}")
     return np.frombuffer(msg.data, dtype=dtype).reshape(shape)

@@ -35,15 +35,27 @@ from genserve.serving.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
+MAX_DETAILS_BYTES = 1000  # of an error's message: it may quote what the client sent (a model name,
+# a shape), and gRPC's 8 KiB metadata limit on the client must leave it the status
+
+
+def _capped(message: str) -> str:
+    data = message.encode()
+    if len(data) <= MAX_DETAILS_BYTES:
+        return message
+    return f"{data[:MAX_DETAILS_BYTES].decode(errors='ignore')}... ({len(data)} bytes)"
+
+
 async def abort_with(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
     """Abort the call with the status that ``exc`` maps to (never returns)."""
     if isinstance(exc, ServingError):
         code = grpc.StatusCode[status_name(exc)]
+        details = _capped(str(exc))
         if code is grpc.StatusCode.INTERNAL:
-            log.error("%s failed: %s", method, exc, exc_info=exc)
+            log.error("%s failed: %s", method, details, exc_info=exc)
         else:
-            log.info("%s rejected: %s %s", method, code.name, exc)
-        await context.abort(code, str(exc))
+            log.info("%s rejected: %s %s", method, code.name, details)
+        await context.abort(code, details)
     log.error("%s failed with an unexpected %s", method, type(exc).__name__, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log")
 
@@ -224,9 +236,8 @@ def _wrap_response_stream(
     return wrapper
 
 
-def _wrapped(handler: grpc.RpcMethodHandler, method: str, gate: CallGate, work: bool) -> grpc.RpcMethodHandler:
-    """``handler`` with its behaviour wrapped and its request deserializer made never to raise."""
-    kind = (
+def _kind(handler: grpc.RpcMethodHandler) -> str:
+    return (
         "stream_stream"
         if handler.request_streaming and handler.response_streaming
         else "stream_unary"
@@ -235,14 +246,52 @@ def _wrapped(handler: grpc.RpcMethodHandler, method: str, gate: CallGate, work: 
         if handler.response_streaming
         else "unary_unary"
     )
+
+
+async def _unimplemented(request: Any, context: grpc.aio.ServicerContext) -> None:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+
+
+def _quietly_unimplemented(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """For the generated base class's synchronous UNIMPLEMENTED (unary methods), which raises
+    NotImplementedError: grpcio logs a traceback for each call of it, and answers its unparseable
+    requests UNKNOWN. The same status, without either."""
+    if handler.request_streaming or handler.response_streaming:
+        return handler
+    return handler._replace(
+        unary_unary=_unimplemented, request_deserializer=_never_raising(handler.request_deserializer)
+    )
+
+
+def _wrapped(handler: grpc.RpcMethodHandler, method: str, gate: CallGate, work: bool) -> grpc.RpcMethodHandler:
+    """``handler`` with its behaviour wrapped and its request deserializer made never to raise."""
+    kind = _kind(handler)
     behavior = getattr(handler, kind)
     if inspect.isasyncgenfunction(behavior):
         wrapped = _wrap_response_stream(behavior, method, gate, work, handler.request_streaming)
     elif inspect.iscoroutinefunction(behavior):
         wrapped = _wrap_unary_response(behavior, method, gate, work, handler.request_streaming)
-    else:  # a synchronous handler (the generated base class's UNIMPLEMENTED): left as it is
-        return handler
+    else:  # a synchronous handler: the generated base class's UNIMPLEMENTED
+        return _quietly_unimplemented(handler)
     return handler._replace(**{kind: wrapped, "request_deserializer": _never_raising(handler.request_deserializer)})
+
+
+def _parse_checked(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """``handler`` answering INVALID_ARGUMENT for a unary request that does not parse, and nothing
+    else added: no token, record or admission (``register_open``)."""
+    behavior = handler.unary_unary or handler.unary_stream
+    if handler.request_streaming or not inspect.iscoroutinefunction(behavior):
+        return _quietly_unimplemented(handler)
+
+    async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            request = _parsed(request)
+        except InvalidArgument as exc:
+            await abort_with(context, exc, method)
+        return await behavior(request, context)
+
+    kind = _kind(handler)  # grpc.health's Watch is a coroutine that writes with context.write
+    return handler._replace(**{kind: checked, "request_deserializer": _never_raising(handler.request_deserializer)})
 
 
 class _Registrations:
@@ -276,6 +325,18 @@ def register(
             name: _wrapped(handler, f"/{service}/{name}", gate, name in work_methods)
             for name, handler in handlers.items()
         }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
+        server.add_registered_method_handlers(service, wrapped)
+
+
+def register_open(server: grpc.aio.Server, add_to_server: Callable[[Any, Any], None], servicer: Any) -> None:
+    """Register a service open to all (health: probes carry no token) with its generated
+    ``add_..._to_server``, its requests that do not parse answered INVALID_ARGUMENT like every
+    other service's (grpcio answers them UNKNOWN and logs a traceback)."""
+    registrations = _Registrations()
+    add_to_server(servicer, registrations)
+    for service, handlers in registrations.services.items():
+        wrapped = {name: _parse_checked(handler, f"/{service}/{name}") for name, handler in handlers.items()}
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
         server.add_registered_method_handlers(service, wrapped)
 

@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from genserve.serving import calls, convert, kserve, native
 from genserve.serving.auth import TokenAuth, TokenFileError
 from genserve.serving.config import ConfigError, ConnectionOptions, SecurityOptions, ServerConfig
-from genserve.serving.interceptors import Admission, CallGate, register
+from genserve.serving.interceptors import Admission, CallGate, register, register_open
 from genserve.serving.metrics import Metrics
 from genserve.serving.pb import genserve_pb2_grpc
 from genserve.serving.registry import ModelRegistry, load_repository
@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 # Services whose health follows the model repository: "" is the server as a whole.
 HEALTH_SERVICES = ("", convert.SERVICE_NAME, kserve.SERVICE_NAME)
 CORE_PENDING_CALLS = 20_000  # calls gRPC core may hold before the event loop takes them
+# Headers one call may carry (gRPC's default is 8 KiB). gRPC C++ 1.51 (the native transport's, from
+# Debian 12) closes the whole connection when a call passes it, failing the calls beside it; tokens,
+# request ids and trace context fit far below this, and balancers cap headers near it anyway.
+MAX_METADATA_BYTES = 64 * 1024
 
 
 class StartupError(Exception):
@@ -78,7 +82,7 @@ class GenserveServer:
         )
         inference = kserve.InferenceServicer(self.registry, self.config, self.metrics, self.admission)
         register(server, kserve.add_to_server, inference, gate, inference.WORK_METHODS)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)  # open to all: probes carry no token
+        register_open(server, health_pb2_grpc.add_HealthServicer_to_server, self.health)  # probes carry no token
         if security.reflection:
             names = [convert.SERVICE_NAME, kserve.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
             servicer = reflection.aio.ReflectionServicer(names)
@@ -107,7 +111,7 @@ class GenserveServer:
         """The gRPC server on the configured transport (``ServerConfig.frontend``); StartupError if
         ``native`` is asked for and not built."""
         limit, frontend = self.config.max_message_bytes, self.config.frontend
-        connection = connection_args(self.config.connection)
+        connection = [*connection_args(self.config.connection), ("grpc.max_metadata_size", MAX_METADATA_BYTES)]
         if frontend != "grpcio" and native.available():
             log.info("gRPC transport: native (gRPC C++ %s, serving/native)", native.grpc_version())
             return native.NativeServer(limit, connection)

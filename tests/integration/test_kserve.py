@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import time
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from google.protobuf.message import DecodeError
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
@@ -493,3 +495,20 @@ def test_stream_infer_answers_every_request_and_reports_errors_without_ending_th
     np.testing.assert_array_equal(results["a"].as_numpy("IMAGE")[0], client.generate(GAN, 1, seed=11)[0])
     np.testing.assert_array_equal(results["b"].as_numpy("IMAGE")[0], client.generate(DDPM, 1, seed=12, steps=2)[0])
     assert len(errors) == 1 and "must be INT64, got INT32" in errors[0].message()
+
+
+def test_a_stream_message_that_does_not_parse_ends_the_stream_at_once_invalid_argument(server):
+    """Reading the stream fails on the second message: the stream ends with that error, it does not
+    wait for its deadline (it did: no end-of-answers was queued when reading raised)."""
+    seed = pb.ModelInferRequest.InferInputTensor(name="SEED", datatype="INT64", shape=[1, 1])
+    good = pb.ModelInferRequest(model_name=GAN, inputs=[seed], raw_input_contents=[np.int64(5).tobytes()])
+    garbage = b"\x0a\xff\xff\xff\x0f"  # field 1, length-delimited, 4 GiB long: never a ModelInferRequest
+    with pytest.raises(DecodeError):
+        pb.ModelInferRequest.FromString(garbage)
+    with grpc.insecure_channel(server.target) as channel:
+        stream = channel.stream_stream(f"/{SERVICE}/ModelStreamInfer")  # bytes in, bytes out
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            list(stream(iter([good.SerializeToString(), garbage]), timeout=30))
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert time.monotonic() - started < 10

@@ -142,6 +142,38 @@ def test_a_tensor_without_a_dtype_is_invalid_argument():
         convert.tensor_from_proto(msg)
 
 
+@pytest.mark.parametrize("shape", [(2**32, 2**32), (2**32, 2**32, 28, 28), (2**62, 4, 1, 1), (2**63 - 1, 2**63 - 1)])
+def test_a_tensor_whose_shape_product_overflows_int64_is_invalid_argument(shape):
+    """The element count wraps around int64 to 0 (or to the byte count): it must not match empty data."""
+    msg = convert.tensor_to_proto(np.zeros(0, np.uint8))
+    msg.shape[:] = shape
+    with pytest.raises(InvalidArgument, match="needs"):
+        convert.tensor_from_proto(msg)
+
+
+def test_a_tensor_of_more_dimensions_than_numpy_has_is_invalid_argument():
+    msg = convert.tensor_to_proto(np.zeros(1, np.uint8))
+    msg.shape[:] = [1] * 65
+    with pytest.raises(InvalidArgument, match="at most 32 dimensions, got 65"):
+        convert.tensor_from_proto(msg)
+
+
+@FAST
+@given(
+    dtype=st.integers(-3, 4),
+    shape=st.lists(st.integers(-(2**63), 2**63 - 1) | st.integers(0, 4), max_size=70),
+    data=st.binary(max_size=64),
+)
+def test_any_wire_tensor_decodes_or_is_invalid_argument(dtype, shape, data):
+    msg = convert.tensor_to_proto(np.zeros(0, np.uint8))
+    msg.dtype, msg.shape[:], msg.data = dtype, shape, data
+    try:
+        array = convert.tensor_from_proto(msg)
+    except InvalidArgument:
+        return
+    assert list(array.shape) == shape and array.nbytes == len(data)
+
+
 DIFFUSION_INFO = ModelInfo(
     name="ddpm",
     kind=ModelKind.DIFFUSION,
