@@ -41,6 +41,7 @@ from genserve.serving.batching import (
 )
 from genserve.serving.errors import InternalError, ServingError
 from genserve.serving.metrics import Metrics, ModelMetrics
+from genserve.serving.tracing import CallTrace
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ class _Entry:
     done_units: int = 0
     parts: list[tuple[int, np.ndarray]] = field(default_factory=list)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    trace: CallTrace | None = None  # the call's, when it is traced: queue wait and engine calls
+    arrival_ns: int = 0  # time.time_ns(), for the trace
 
     def pending(self) -> Pending:
         return Pending(self.id, self.units - self.next_unit, self.priority, self.arrival, self.deadline)
@@ -101,6 +104,7 @@ class DynamicBatcher:
         self._metrics = metrics or Metrics().for_model(name)
         self._clock = clock
         self._ids = itertools.count()
+        self._batch_ids = itertools.count()  # engine calls, numbered for traces
         self._queue: dict[int, _Entry] = {}  # requests with units not yet started, in arrival order
         self._pending = 0  # accepted and not finished
         self._wake: asyncio.Event | None = None  # set on arrivals and on instances freed
@@ -118,7 +122,13 @@ class DynamicBatcher:
         return len(self._queue)
 
     async def submit(
-        self, payload: Any, units: int, priority: int = 0, deadline: float | None = None, timeout: float | None = None
+        self,
+        payload: Any,
+        units: int,
+        priority: int = 0,
+        deadline: float | None = None,
+        timeout: float | None = None,
+        trace: CallTrace | None = None,
     ) -> np.ndarray:
         """Queue ``units`` units of ``payload``; return their rows, in order, once all have run.
 
@@ -136,6 +146,8 @@ class DynamicBatcher:
             arrival=now,
             deadline=qp.deadline(now, deadline, timeout),
             future=asyncio.get_running_loop().create_future(),
+            trace=trace,
+            arrival_ns=time.time_ns() if trace is not None else 0,
         )
         self._ensure_running()
         self._queue[entry.id] = entry
@@ -202,6 +214,8 @@ class DynamicBatcher:
             entry = self._queue[take.id]
             if entry.next_unit == 0:
                 self._metrics.observe_queue(now - entry.arrival)
+                if entry.trace is not None:
+                    entry.trace.add("queue", entry.arrival_ns, time.time_ns())
             start = entry.next_unit
             entry.next_unit += take.units
             batch.append((entry, start, entry.next_unit))
@@ -216,7 +230,7 @@ class DynamicBatcher:
             "model=%s running batch of %d units from %d requests on instance %d", self.name, units, len(batch), instance
         )
         loop = asyncio.get_running_loop()
-        started = time.perf_counter()
+        started, started_ns = time.perf_counter(), time.time_ns()
         try:
             out = await loop.run_in_executor(self._executor, self._computes[instance], slices)
         except Exception as exc:
@@ -234,6 +248,11 @@ class DynamicBatcher:
             self._free.append(instance)
             self._wake.set()
         self._metrics.observe_engine_call(time.perf_counter() - started, units, len(batch))
+        traced = [entry.trace for entry, _, _ in batch if entry.trace is not None]
+        if traced:
+            ended_ns, batch_id = time.time_ns(), next(self._batch_ids)
+            for trace in traced:
+                trace.add("engine", started_ns, ended_ns, batch=batch_id, batch_size=units, requests=len(batch))
         offset = 0
         for entry, start, stop in batch:
             entry.parts.append((start, out[offset : offset + stop - start]))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from genserve.serving.metrics import UNKNOWN_MODEL
+from genserve.serving.tracing import CallTrace
 
 REQUEST_ID = "x-request-id"
 MAX_REQUEST_ID = 128  # characters kept of a client's id: it goes into every log line
@@ -40,6 +41,8 @@ class CallRecord:
     model: str = UNKNOWN_MODEL  # set by the servicer once the request names a model
     images: int = 0  # images asked for (generation) or submitted (translation, inference)
     code: str = "OK"
+    trace: CallTrace | None = None  # when the call is sampled for tracing
+    start_ns: int = 0  # time.time_ns() at the start, for the trace
 
     @property
     def seconds(self) -> float:
@@ -72,6 +75,12 @@ def begin(method: str, metadata: Iterable[tuple[str, str | bytes]], peer: str) -
 def current() -> CallRecord | None:
     """The record of the call this task serves (None outside a call)."""
     return _current.get()
+
+
+def trace() -> CallTrace | None:
+    """The current call's trace, if it is traced: schedulers add its stages."""
+    record = _current.get()
+    return None if record is None else record.trace
 
 
 def name(model: str, images: int) -> None:

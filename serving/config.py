@@ -137,6 +137,27 @@ class SecurityOptions:
         return out
 
 
+@dataclass(frozen=True)
+class TraceOptions:
+    """Per-request traces (``serving/tracing.py``): the fraction of calls traced, and where to."""
+
+    rate: float = 0.0  # 0..1
+    file: Path | None = None  # Chrome-trace JSON, for Perfetto
+    otlp_endpoint: str | None = None  # an OTLP/gRPC collector, "host:4317"
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0 and (self.file is not None or self.otlp_endpoint is not None)
+
+    def problems(self) -> list[str]:
+        out = []
+        if not 0.0 <= self.rate <= 1.0:
+            out.append(f"--trace-rate: expected a fraction in [0, 1], got {self.rate}")
+        if self.rate > 0 and self.file is None and self.otlp_endpoint is None:
+            out.append("--trace-rate: traces need somewhere to go: --trace-file or --otlp-endpoint")
+        return out
+
+
 LOG_FORMATS = ("text", "json")
 
 
@@ -203,6 +224,7 @@ class ServerConfig:
     log_format: str = "text"  # "json": one JSON object per line, one line per finished call
     connection: ConnectionOptions = field(default_factory=ConnectionOptions)
     security: SecurityOptions = field(default_factory=SecurityOptions)
+    trace: TraceOptions = field(default_factory=TraceOptions)
     model_defaults: ModelSettings = field(default_factory=ModelSettings)
     models: dict[str, ModelSettings] = field(default_factory=dict)  # complete settings, by model name
     flag_keys: frozenset[str] = frozenset()  # ModelSettings fields set on the command line
@@ -277,6 +299,12 @@ _SERVER_KEYS: dict[str, tuple[Any, str]] = {
     "tls_key": (lambda v: isinstance(v, str) and v != "", "a path"),
     "tls_client_ca": (lambda v: isinstance(v, str) and v != "", "a path"),
     "auth_token_file": (lambda v: isinstance(v, str) and v != "", "a path"),
+    "trace_rate": (
+        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1,
+        "a number in [0, 1]",
+    ),
+    "trace_file": (lambda v: isinstance(v, str) and v != "", "a path"),
+    "otlp_endpoint": (lambda v: isinstance(v, str) and v != "", 'a collector address ("host:4317")'),
 }
 _CONNECTION_KEYS = {f.name: f.name + "_s" for f in dataclasses.fields(ConnectionOptions)}  # field -> TOML key
 _SECURITY_PATHS = ("tls_cert", "tls_key", "tls_client_ca", "auth_token_file")
@@ -397,14 +425,25 @@ def load_config(
     security: dict[str, Any] = {key: base / server[key] for key in _SECURITY_PATHS if key in server}
     if "reflection" in server:
         security["reflection"] = server["reflection"]
+    trace: dict[str, Any] = {}
+    if "trace_rate" in server:
+        trace["rate"] = float(server["trace_rate"])
+    if "trace_file" in server:
+        trace["file"] = base / server["trace_file"]
+    if "otlp_endpoint" in server:
+        trace["otlp_endpoint"] = server["otlp_endpoint"]
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     engine.update(values.pop("engine", {}))  # flags: dicts of the options' fields
     connection.update(values.pop("connection", {}))
     security.update(values.pop("security", {}))
+    trace.update(values.pop("trace", {}))
+    if trace.keys() & {"file", "otlp_endpoint"}:
+        trace.setdefault("rate", 1.0)  # a destination alone means: trace every call
     values["engine"] = EngineOptions(**engine)
     values["connection"] = ConnectionOptions(**connection)
     values["security"] = SecurityOptions(**security)
-    problems = values["security"].problems() + values["connection"].problems()
+    values["trace"] = TraceOptions(**trace)
+    problems = values["security"].problems() + values["connection"].problems() + values["trace"].problems()
     if values.get("drain_delay", 0) < 0:
         problems.append(f"--drain-delay: expected seconds >= 0, got {values['drain_delay']}")
     if problems:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from genserve import images
+from genserve.serving import calls
 from genserve.serving.batching import Pending, QueuePolicy, deadline_error
 from genserve.serving.config import ModelSettings
 from genserve.serving.domain import GenerateRequest
@@ -36,6 +37,7 @@ from genserve.serving.errors import DeadlineExceeded, InternalError, ServingErro
 from genserve.serving.metrics import Metrics, ModelMetrics
 from genserve.serving.runner import DiffusionPlan, ModelRunner
 from genserve.serving.stepping import JoinPolicy, Slot, plan_iteration
+from genserve.serving.tracing import CallTrace
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,8 @@ class _Request:
     events: asyncio.Queue | None = None  # Progress events, for streamed requests
     preview_every: int = 0
     last_reported: int = -1
+    trace: CallTrace | None = None  # the call's, when it is traced: queue wait and each step
+    arrival_ns: int = 0
 
     @property
     def num_images(self) -> int:
@@ -111,6 +115,7 @@ class DiffusionScheduler:
         self._waiting: dict[int, _Request] = {}
         self._cancelled: set[int] = set()  # running requests whose callers left
         self._ids = itertools.count()
+        self._step_ids = itertools.count()  # engine calls, numbered for traces
         self._pending = 0
         self._metrics.track(self)
         self._wake: asyncio.Event | None = None
@@ -191,7 +196,10 @@ class DiffusionScheduler:
             out=np.empty((request.num_images, *self._shape[1:], self._shape[0]), np.uint8),
             events=events,
             preview_every=preview_every,
+            trace=calls.trace(),
         )
+        if entry.trace is not None:
+            entry.arrival_ns = time.time_ns()
         if self._loop_task is None:
             self._wake = asyncio.Event()
             self._loop_task = asyncio.create_task(self._run_loop(), name=f"diffusion-{self.name}")
@@ -224,7 +232,7 @@ class DiffusionScheduler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 continue
-            started = time.perf_counter()
+            started, started_ns = time.perf_counter(), time.time_ns()
             try:
                 await loop.run_in_executor(self._executor, self._state.step, n)
             except Exception as exc:
@@ -232,10 +240,29 @@ class DiffusionScheduler:
                 continue
             requests = len({id(ref.request) for ref in self._slots})
             self._metrics.observe_engine_call(time.perf_counter() - started, n, requests)
+            self._trace_step(started_ns, n, requests)
             for ref in self._slots:
                 ref.step += 1
                 ref.request.steps_done += 1
             self._report_progress()
+
+    def _trace_step(self, started_ns: int, n: int, requests: int) -> None:
+        """A ``step`` stage for each traced request in this step: its step index, the batch."""
+        traced = {id(ref.request): ref for ref in self._slots if ref.request.trace is not None}
+        if not traced:
+            return
+        ended_ns, step_id = time.time_ns(), next(self._step_ids)
+        for ref in traced.values():
+            ref.request.trace.add(
+                "step",
+                started_ns,
+                ended_ns,
+                step=ref.step,
+                of=ref.request.steps,
+                batch=step_id,
+                batch_size=n,
+                requests=requests,
+            )
 
     def _apply(self, now: float) -> None:
         """Carry out this step boundary's plan: finished and dropped slots leave, waiting images join."""
@@ -276,6 +303,8 @@ class DiffusionScheduler:
             entry = self._waiting[take.id]
             if entry.next_image == 0:
                 self._metrics.observe_queue(now - entry.arrival)
+                if entry.trace is not None:
+                    entry.trace.add("queue", entry.arrival_ns, time.time_ns())
             first = entry.next_image
             entry.next_image += take.units
             if entry.next_image == entry.num_images:

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
@@ -31,6 +32,7 @@ from genserve.serving import calls
 from genserve.serving.auth import TokenAuth
 from genserve.serving.errors import InvalidArgument, ServingError, Unavailable, status_name
 from genserve.serving.metrics import Metrics
+from genserve.serving.tracing import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -152,27 +154,54 @@ class CallGate:
     """The per-server part of every call: admission (for the methods that run models), the bearer
     tokens (None = no authentication) and the metrics the calls are counted in."""
 
-    def __init__(self, admission: Admission, metrics: Metrics | None = None, auth: TokenAuth | None = None):
+    def __init__(
+        self,
+        admission: Admission,
+        metrics: Metrics | None = None,
+        auth: TokenAuth | None = None,
+        tracer: Tracer | None = None,
+    ):
         self.admission = admission
         self.metrics = metrics
         self.auth = auth
+        self.tracer = tracer
 
     def enter(self, context: grpc.aio.ServicerContext, method: str) -> tuple[calls.CallRecord, Any]:
         metadata = context.invocation_metadata() or ()
         record, token = calls.begin(method, metadata, context.peer())
         context.set_trailing_metadata(((calls.REQUEST_ID, record.request_id),))
+        if self.tracer is not None:
+            record.trace = self.tracer.start(metadata)
+            if record.trace is not None:
+                record.start_ns = time.time_ns()
         return record, token
 
     def check(self, context: grpc.aio.ServicerContext) -> None:
         if self.auth is not None:
             self.auth.check(context.invocation_metadata() or ())
 
-    def leave(self, record: calls.CallRecord, token: Any, counted: bool) -> None:
+    def leave(self, record: calls.CallRecord, token: Any, counted: bool, context: grpc.aio.ServicerContext) -> None:
         if counted and self.metrics is not None:
             self.metrics.count_request(record.model, record.code)
             if record.code == "OK":
                 self.metrics.for_model(record.model).request_seconds.observe(record.seconds)
         calls.end(record, token)
+        if record.trace is not None:  # the span ends when the transport has sent the answer
+            returned = time.time_ns()
+            context.add_done_callback(lambda _: self._export(record, returned))
+
+    def _export(self, record: calls.CallRecord, returned_ns: int) -> None:
+        end = time.time_ns()
+        record.trace.add("send", returned_ns, end)
+        attributes = {
+            "rpc.method": record.method,
+            "genserve.model": record.model,
+            "genserve.images": record.images,
+            "genserve.request_id": record.request_id,
+            "rpc.grpc.status_code": record.code,
+            "net.peer": record.peer,
+        }
+        self.tracer.export(record.trace, record.method, record.start_ns, end, attributes)
 
 
 def _code_of(exc: BaseException, context: grpc.aio.ServicerContext) -> str:
@@ -205,7 +234,7 @@ def _wrap_unary_response(
                 raise
             await abort_with(context, exc, method)
         finally:
-            gate.leave(record, token, work)
+            gate.leave(record, token, work, context)
 
     return wrapper
 
@@ -231,7 +260,7 @@ def _wrap_response_stream(
                 raise
             await abort_with(context, exc, method)
         finally:
-            gate.leave(record, token, work)
+            gate.leave(record, token, work, context)
 
     return wrapper
 

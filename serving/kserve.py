@@ -175,7 +175,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             stats.failed(started)
             raise
         stats.succeeded(started)
-        return contract.infer_response_to_proto(request, info, images, call.outputs)
+        trace = calls.trace()
+        serialize_started = time.time_ns() if trace is not None else 0
+        response = contract.infer_response_to_proto(request, info, images, call.outputs)
+        if trace is not None:
+            trace.add("serialize", serialize_started, time.time_ns())
+        return response
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:

@@ -20,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
+from genserve.serving import calls
 from genserve.serving.batcher import DynamicBatcher, Slice
 from genserve.serving.config import ModelSettings
 from genserve.serving.domain import Request
@@ -68,7 +69,9 @@ class ImageBatchScheduler:
 
     async def submit(self, request: Request, deadline: float | None = None) -> np.ndarray:
         self.runner.validate(request)
-        return await self.batcher.submit(request, request.num_images, request.priority, deadline, request.timeout)
+        return await self.batcher.submit(
+            request, request.num_images, request.priority, deadline, request.timeout, calls.trace()
+        )
 
     async def close(self) -> None:
         await self.batcher.close()

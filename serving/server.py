@@ -33,6 +33,7 @@ from genserve.serving.pb import genserve_pb2_grpc
 from genserve.serving.registry import ModelRegistry, load_repository
 from genserve.serving.runner import ModelRunner
 from genserve.serving.servicer import GenerationServicer
+from genserve.serving.tracing import Tracer
 
 __all__ = ["GenserveServer", "ServerConfig", "StartupError", "run", "serve"]
 
@@ -61,6 +62,7 @@ class GenserveServer:
         self.health = health.aio.HealthServicer()
         self.admission = Admission()  # the calls that run models: counted, and refused once draining
         self.auth: TokenAuth | None = None  # bearer tokens, when config.security.auth_token_file is set
+        self.tracer: Tracer | None = None  # per-request traces, when config.trace is enabled
         # Engine calls, model loading and PNG encoding; concurrency is bounded by the per-model schedulers.
         self._executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="genserve-worker")
         self._server: grpc.aio.Server | None = None
@@ -74,8 +76,10 @@ class GenserveServer:
                 self.auth = TokenAuth(security.auth_token_file)
             except TokenFileError as exc:
                 raise StartupError(str(exc)) from exc
+        if self.config.trace.enabled:
+            self.tracer = Tracer(self.config.trace)
         server = self._new_server()
-        gate = CallGate(self.admission, self.metrics, self.auth)
+        gate = CallGate(self.admission, self.metrics, self.auth, self.tracer)
         generation = GenerationServicer(self.registry, self._executor)
         register(
             server, genserve_pb2_grpc.add_GenerationServiceServicer_to_server, generation, gate, generation.WORK_METHODS
@@ -193,6 +197,8 @@ class GenserveServer:
         for scheduler in self.registry.schedulers().values():
             await scheduler.close()
         self.metrics.close()
+        if self.tracer is not None:
+            self.tracer.close()
         # Calls cut at the end of the grace period stop at their next engine call; the interpreter
         # joins these threads at exit.
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -66,10 +66,16 @@ class GenerationServicer(genserve_pb2_grpc.GenerationServiceServicer):
     ):
         """The response message (``to_proto``: Generate's or Translate's). PNG encoding is CPU work for a
         worker thread; raw tensors are a copy of bytes, cheaper inline than the hop to a thread and back."""
+        trace = calls.trace()
+        started = time.time_ns() if trace is not None else 0
         if not encoding.png:
-            return to_proto(model, images, encoding)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, to_proto, model, images, encoding)
+            response = to_proto(model, images, encoding)
+        else:
+            loop = asyncio.get_running_loop()
+            response = await loop.run_in_executor(self._executor, to_proto, model, images, encoding)
+        if trace is not None:
+            trace.add("serialize", started, time.time_ns(), png=encoding.png)
+        return response
 
     async def GenerateStream(self, request, context: grpc.aio.ServicerContext):
         deadline = _deadline(context)

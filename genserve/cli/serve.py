@@ -60,6 +60,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     lb.add_argument(
         "--keepalive-timeout", type=float, metavar="S", help="close a connection whose PING is unanswered for S s"
     )
+    tracing = p.add_argument_group("tracing (serving/tracing.py)")
+    tracing.add_argument("--trace-rate", type=float, metavar="F", help="trace this fraction of calls, 0..1 (default 0)")
+    tracing.add_argument(
+        "--trace-file", type=Path, metavar="JSON", help="write traces as Chrome-trace JSON (open it in Perfetto)"
+    )
+    tracing.add_argument("--otlp-endpoint", metavar="HOST:PORT", help="send traces to this OTLP/gRPC collector")
     sec = p.add_argument_group("security")
     sec.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve TLS with this certificate chain")
     sec.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
@@ -110,6 +116,7 @@ def _serve(args: argparse.Namespace) -> int:
             keepalive_time=args.keepalive_time,
             keepalive_timeout=args.keepalive_timeout,
         ),
+        "trace": _given(rate=args.trace_rate, file=args.trace_file, otlp_endpoint=args.otlp_endpoint),
         "security": _given(
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
