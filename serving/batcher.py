@@ -76,6 +76,7 @@ class _Entry:
     done_units: int = 0
     parts: list[tuple[int, np.ndarray]] = field(default_factory=list)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    engine_seconds: float = 0.0  # of the engine calls it took part in
     trace: CallTrace | None = None  # the call's, when it is traced: queue wait and engine calls
     arrival_ns: int = 0  # time.time_ns(), for the trace
 
@@ -247,7 +248,8 @@ class DynamicBatcher:
         finally:
             self._free.append(instance)
             self._wake.set()
-        self._metrics.observe_engine_call(time.perf_counter() - started, units, len(batch))
+        seconds = time.perf_counter() - started
+        self._metrics.observe_engine_call(seconds, units, len(batch))
         traced = [entry.trace for entry, _, _ in batch if entry.trace is not None]
         if traced:
             ended_ns, batch_id = time.time_ns(), next(self._batch_ids)
@@ -258,9 +260,10 @@ class DynamicBatcher:
             entry.parts.append((start, out[offset : offset + stop - start]))
             offset += stop - start
             entry.done_units += stop - start
+            entry.engine_seconds += seconds
             if entry.done_units < entry.units:
                 continue
-            self._metrics.observe_request_done()
+            self._metrics.observe_request_done(entry.engine_seconds)
             if not entry.future.done():
                 entry.parts.sort(key=lambda part: part[0])
                 rows = [rows for _, rows in entry.parts]

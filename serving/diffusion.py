@@ -69,6 +69,7 @@ class _Request:
     events: asyncio.Queue | None = None  # Progress events, for streamed requests
     preview_every: int = 0
     last_reported: int = -1
+    engine_seconds: float = 0.0  # of the steps it took part in
     trace: CallTrace | None = None  # the call's, when it is traced: queue wait and each step
     arrival_ns: int = 0
 
@@ -238,8 +239,12 @@ class DiffusionScheduler:
             except Exception as exc:
                 self._fail_running(exc)
                 continue
-            requests = len({id(ref.request) for ref in self._slots})
-            self._metrics.observe_engine_call(time.perf_counter() - started, n, requests)
+            seconds = time.perf_counter() - started
+            stepped = {id(ref.request): ref.request for ref in self._slots}
+            for request in stepped.values():
+                request.engine_seconds += seconds
+            requests = len(stepped)
+            self._metrics.observe_engine_call(seconds, n, requests)
             self._trace_step(started_ns, n, requests)
             for ref in self._slots:
                 ref.step += 1
@@ -289,7 +294,7 @@ class DiffusionScheduler:
             ref.request.out[ref.image] = image
             ref.request.done_images += 1
             if ref.request.done_images == ref.request.num_images:
-                self._metrics.observe_request_done()
+                self._metrics.observe_request_done(ref.request.engine_seconds)
                 if not ref.request.future.done():
                     ref.request.future.set_result(ref.request.out)
         for i in sorted(plan.finished + plan.dropped, reverse=True):  # swap-remove, highest first

@@ -410,6 +410,15 @@ def model_statistics_to_proto(info: ModelInfo, stats: InferStats, totals: Totals
             compute_infer=pb.StatisticDuration(count=totals.compute_count, ns=totals.compute_ns),
             compute_output=pb.StatisticDuration(count=totals.compute_count, ns=0),
         ),
+        batch_stats=[
+            pb.InferBatchStatistics(
+                batch_size=size,
+                compute_input=pb.StatisticDuration(count=count, ns=0),
+                compute_infer=pb.StatisticDuration(count=count, ns=ns),
+                compute_output=pb.StatisticDuration(count=count, ns=0),
+            )
+            for size, (count, ns) in sorted(totals.batches.items())
+        ],
     )
 
 

@@ -5,8 +5,9 @@ kept by the servicer). ``queue``, ``compute_infer``, ``execution_count`` and ``i
 are the model's scheduler totals (``metrics.Totals``), which cover the requests of both APIs
 because they share the same engine calls: queue time once per request (each ModelInfer row is one
 request), compute time as Triton attributes it to batched requests, executions = engine calls,
-inferences = engine rows. Compute input and output run inside the engine call: counted, with zero
-time (their time is in compute_infer). ``kserve_contract.model_statistics_to_proto`` puts both
+inferences = engine rows; ``batch_stats`` counts each engine call once under its batch size, with
+its duration. Compute input and output run inside the engine call: counted, with zero time (their
+time is in compute_infer). ``kserve_contract.model_statistics_to_proto`` puts both
 in Triton's message.
 """
 

@@ -7,7 +7,7 @@ Each server owns its registry, so several in-process servers (tests) never share
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
@@ -37,6 +37,7 @@ class Totals:
     compute_ns: int = 0
     execution_count: int = 0
     inference_count: int = 0
+    batches: dict[int, list[int]] = field(default_factory=dict)  # batch size -> [engine calls, ns]
 
 
 class Counts(Protocol):
@@ -57,6 +58,7 @@ class ModelMetrics:
     request_seconds: Histogram
     queue_seconds: Histogram
     compute_seconds: Histogram
+    request_compute_seconds: Histogram
     batch_size: Histogram
     units: Counter
     pending: Gauge
@@ -77,16 +79,24 @@ class ModelMetrics:
 
     def observe_engine_call(self, seconds: float, units: int, requests: int) -> None:
         """One engine call of ``units`` rows, shared by ``requests`` requests."""
+        ns = int(seconds * 1e9)
         self.compute_seconds.observe(seconds)
         self.batch_size.observe(units)
         self.units.inc(units)
         self.totals.execution_count += 1
         self.totals.inference_count += units
-        self.totals.compute_ns += int(seconds * 1e9) * requests
+        self.totals.compute_ns += ns * requests
+        batch = self.totals.batches.get(units)
+        if batch is None:
+            self.totals.batches[units] = [1, ns]
+        else:
+            batch[0] += 1
+            batch[1] += ns
 
-    def observe_request_done(self) -> None:
-        """A request's last unit left the engine."""
+    def observe_request_done(self, engine_seconds: float) -> None:
+        """A request's last unit left the engine; the engine calls it took part in took ``engine_seconds``."""
         self.totals.compute_count += 1
+        self.request_compute_seconds.observe(engine_seconds)
 
 
 class Metrics:
@@ -113,6 +123,13 @@ class Metrics:
         self._compute_seconds = Histogram(
             "genserve_compute_duration_seconds",
             "Time of one engine call (one step of the running batch for diffusion models)",
+            ["model"],
+            buckets=TIME_BUCKETS,
+            registry=r,
+        )
+        self._request_compute_seconds = Histogram(
+            "genserve_request_compute_duration_seconds",
+            "Engine time one request took part in: its engine calls (one-pass) or steps (diffusion), summed",
             ["model"],
             buckets=TIME_BUCKETS,
             registry=r,
@@ -152,6 +169,7 @@ class Metrics:
             request_seconds=self._request_seconds.labels(model=model),
             queue_seconds=self._queue_seconds.labels(model=model),
             compute_seconds=self._compute_seconds.labels(model=model),
+            request_compute_seconds=self._request_compute_seconds.labels(model=model),
             batch_size=self._batch_size.labels(model=model),
             units=self._units.labels(model=model),
             pending=self._pending.labels(model=model),

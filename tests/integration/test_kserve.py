@@ -255,6 +255,11 @@ def test_statistics_count_calls_queue_and_compute_of_every_row(kserve, infos):
         assert now.ns > was.ns, part
     everything = kserve.get_inference_statistics()
     assert sorted(s.name for s in everything.model_stats) == sorted(infos)
+    # batch_stats: every engine call once, under its batch size, as Triton counts executions
+    sizes = {b.batch_size: b for b in after.batch_stats}
+    assert sum(b.compute_infer.count for b in sizes.values()) == after.execution_count
+    assert sum(size * b.compute_infer.count for size, b in sizes.items()) == after.inference_count
+    assert all(b.compute_infer.ns > 0 and b.compute_input.count == b.compute_infer.count for b in sizes.values())
 
 
 def test_statistics_of_the_diffusion_model_count_each_rows_steps_as_compute(kserve):
