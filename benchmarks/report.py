@@ -68,7 +68,7 @@ def environment(packages: Iterable[str] = ("grpcio", "onnxruntime", "numpy", "pr
 
     def git(*args: str) -> str:
         result = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return result.stdout.strip()
+        return result.stdout.rstrip("\n")  # porcelain lines start with a space: keep it
 
     versions = {}
     for name in packages:

@@ -2,7 +2,7 @@
 grpcio (Python's ``grpc.aio``), with Triton's own load generator.
 
     bash benchmarks/peers/setup.sh perf         # once: perf_analyzer into .bench/
-    python -m benchmarks.transports             # ~3 min; results/transports.json, results/perf/transport-*.csv
+    python -m benchmarks.transports             # ~3 min; a new results/runs/<date>-transports/
 
 Both servers are started at once, with the same models and batcher settings as
 ``benchmarks.vs_triton`` (max batch 64, delay 0); perf_analyzer measures each concurrency on one
@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import platform
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from benchmarks import report as report_module
 from benchmarks.serverproc import start_server
-from benchmarks.vs_triton import RESULTS, input_data, measure, medians, pause_trainings, ratio, tools_env
+from benchmarks.vs_triton import input_data, measure, medians, ratio, tools_env
 
 TRANSPORTS = ("native", "grpcio")
 
@@ -47,13 +46,11 @@ def main() -> None:
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 16, 64])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--window-ms", type=int, default=4000, help="perf_analyzer measurement interval")
-    parser.add_argument("--out", type=Path, default=RESULTS / "transports.json")
     args = parser.parse_args()
     env = tools_env()
-    perf_dir = RESULTS / "perf"
-    perf_dir.mkdir(parents=True, exist_ok=True)
+    perf_dir = report_module.run_folder("transports")
+    environment = report_module.environment()
     batching = ("--max-batch-size", "64", "--max-queue-delay-ms", "0")
-    paused = pause_trainings(True)
     servers = {}
     runs = []
     try:
@@ -62,14 +59,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             data = input_data(Path(tmp) / "input.json", steps=None)
             for c, repeat, transport in itertools.product(args.concurrency, range(1, args.repeats + 1), TRANSPORTS):
-                out = perf_dir / f"transport-{transport}-{args.model}-c{c}-r{repeat}.csv"
+                out = perf_dir / f"perf-{transport}-{args.model}-c{c}-r{repeat}.csv"
                 target = servers[transport].target
                 runs.append(measure(transport, target, args.model, c, repeat, data, out, args.window_ms, env))
     finally:
         for server in servers.values():
             server.stop()
-        if paused:
-            pause_trainings(False)
     by = medians([asdict(r) for r in runs])
     summary = {str(c): compare(by, args.model, c) for c in args.concurrency}
     for c in args.concurrency:
@@ -79,7 +74,7 @@ def main() -> None:
         )
     report = {
         "benchmark": "transports",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "environment": environment,
         "settings": {
             "model": args.model,
             "max_batch_size": 64,
@@ -91,8 +86,9 @@ def main() -> None:
         "median_by_concurrency": summary,
         "runs": [{**asdict(r), "transport": r.server} for r in runs],
     }
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    out = perf_dir / "transports.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -1,21 +1,23 @@
 """genserve against NVIDIA Triton, side by side, with Triton's own load generator.
 
-    bash benchmarks/peers/setup.sh          # once: perf_analyzer and Triton (pytriton) into .bench/
-    python -m benchmarks.vs_triton          # ~20 min; results/vs_triton.{json,png,md} + results/perf/*.csv
+    bash benchmarks/peers/setup.sh triton perf  # once each: Triton (pytriton), perf_analyzer into .bench/
+    python -m benchmarks.vs_triton          # ~20 min; a new benchmarks/results/runs/<date>-vs_triton/
     python -m benchmarks.vs_triton --servers genserve   # perf_analyzer sweep against genserve only
 
 Both servers run at once on this machine and serve the same ``model.onnx`` files through ONNX
 Runtime (same intra-op threads) behind a dynamic batcher with the same limits (max batch size 64,
 queue delay 0 unless told otherwise); Triton runs genserve's own ModelRunner inside its Python
-model, so the model work per image is identical and only the serving layers differ. Before
-measuring, one call to each server checks that they return the same bytes for the same seeds.
+model (``benchmarks/peers/peer_models.py``), so the model work per image is identical and only the
+serving layers differ. Before measuring, one call to each server checks that they return the same
+bytes for the same seeds. ``benchmarks.vs_peers`` compares more peers with one client of its own.
 
 perf_analyzer (closed loop, gRPC, one row per request) measures each (model, concurrency) on
 genserve and then on Triton, interleaved, ``--repeats`` times (3), so drifts in machine load hit
 both alike; the table and the ratios compare the medians of the repeats, since a single
-measurement here moves by about 10% from one run to the next (either server). Its CSV per run is
-kept under ``results/perf/``; the server-side queue and compute columns come from each server's
-ModelStatistics.
+measurement here moves by about 10% from one run to the next (either server). Each run writes a
+new folder (``report.run_folder``): ``report.json`` (settings, ``report.environment()``, runs,
+ratios), ``table.md``, ``plot.png`` and ``perf/`` (perf_analyzer's CSV per run); the server-side
+queue and compute columns come from each server's ModelStatistics.
 """
 
 from __future__ import annotations
@@ -25,11 +27,9 @@ import csv
 import itertools
 import json
 import os
-import platform
-import signal
 import statistics
 import subprocess
-import threading
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import report as reporting
+from benchmarks.peers import launch
 from benchmarks.serverproc import start_server
 from genserve import images
 
@@ -46,7 +48,6 @@ BENCH = ROOT / ".bench"
 # An unstable point is measured again with twice the window, up to this (4x the default 4 s).
 MAX_WINDOW_MS = 16_000
 PERF_ANALYZER = BENCH / "perf" / "bin" / "perf_analyzer"
-TRITON_PYTHON = BENCH / "triton" / "bin" / "python"
 CONCURRENCY = (1, 4, 16, 64)
 SERVERS = ("genserve", "triton")
 
@@ -64,7 +65,7 @@ class Run:
     p99_ms: float
     server_queue_ms: float  # mean per request, from the server's statistics
     server_compute_ms: float
-    csv: str  # path relative to benchmarks/results
+    csv: str  # path relative to benchmarks/results (absolute when the run folder is elsewhere)
     window_ms: int = 0  # the perf_analyzer measurement window that gave a stable measurement
     repeat: int = 1  # which of the --repeats measurements of this (server, model, concurrency)
 
@@ -77,53 +78,18 @@ def tools_env() -> dict[str, str]:
     return {**os.environ, "LD_LIBRARY_PATH": ":".join(str(p) for p in libs)}
 
 
-class TritonPeer:
-    """benchmarks/peers/triton_server.py as a child process, ready once it logs that it serves."""
-
-    def __init__(self, grpc_port: int, models: list[str], max_batch_size: int, max_queue_delay_ms: float):
-        if not TRITON_PYTHON.exists():
-            raise SystemExit("Triton (pytriton) is not installed: run `bash benchmarks/peers/setup.sh` first")
-        libdir = (BENCH / "triton" / "libdir").read_text().strip()
-        env = {**os.environ, "LD_LIBRARY_PATH": libdir, "PYTHONUNBUFFERED": "1"}
-        base = grpc_port + 100  # HTTP and metrics ports next to it, never on it
-        cmd = [
-            str(TRITON_PYTHON),
-            str(Path(__file__).parent / "peers" / "triton_server.py"),
-            *("--grpc-port", str(grpc_port), "--http-port", str(base), "--metrics-port", str(base + 1)),
-            *("--max-batch-size", str(max_batch_size), "--max-queue-delay-ms", str(max_queue_delay_ms)),
-            "--only",
-            *models,
-        ]
-        self.port = grpc_port
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        self.log: list[str] = []
-        started = time.monotonic()
-        for line in self.proc.stdout:
-            self.log.append(line)
-            if "triton serving" in line:
-                break
-            if time.monotonic() - started > 180:
-                break
-        else:
-            raise RuntimeError("Triton peer exited before serving:\n" + "".join(self.log[-40:]))
-        threading.Thread(target=self._drain, daemon=True).start()
-        wait_ready(self.target, models)
-
-    def _drain(self) -> None:
-        for line in self.proc.stdout:
-            self.log.append(line)
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+def start_triton(models: list[str], max_batch_size: int, max_queue_delay_ms: float) -> launch.PeerProcess:
+    """benchmarks/peers/triton_server.py as a child process (``launch.triton``), its models ready."""
+    try:
+        triton = launch.triton(models, max_batch_size, max_queue_delay_ms)
+    except launch.NotInstalled as exc:
+        raise SystemExit(str(exc)) from None
+    try:
+        wait_ready(triton.target, models)
+    except BaseException:
+        triton.stop()
+        raise
+    return triton
 
 
 def wait_ready(target: str, models: list[str], timeout: float = 120.0) -> None:
@@ -264,23 +230,16 @@ def to_run(server: str, model: str, concurrency: int, row: dict[str, str], csv_p
         p99_ms=ms("p99 latency"),
         server_queue_ms=ms("Server Queue"),
         server_compute_ms=ms("Server Compute Infer"),
-        csv=str(csv_path.relative_to(RESULTS)),
+        csv=str(csv_path.relative_to(RESULTS) if csv_path.is_relative_to(RESULTS) else csv_path),
         window_ms=int(row.get("window_ms", 0)),
     )
 
 
-def pause_trainings(pause: bool) -> list[int]:
-    """SIGSTOP (or SIGCONT) background `genserve train` runs, so they do not skew the numbers."""
-    found = subprocess.run(["pgrep", "-f", "genserve train"], capture_output=True, text=True).stdout
-    pids = [int(pid) for pid in found.split()]
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP if pause else signal.SIGCONT)
-    return pids
-
-
-def sweep(args: argparse.Namespace) -> dict:
+def sweep(args: argparse.Namespace, folder: Path) -> dict:
+    """The measurements, their perf_analyzer CSVs under ``folder/perf``."""
     env = tools_env()
-    perf_dir = RESULTS / "perf"
+    environment = reporting.environment(("grpcio", "onnxruntime", "numpy", "protobuf", "tritonclient"))
+    perf_dir = folder / "perf"
     perf_dir.mkdir(parents=True, exist_ok=True)
     batching = ["--max-batch-size", str(args.max_batch_size), "--max-queue-delay-ms", str(args.max_queue_delay_ms)]
     runs: list[Run] = []
@@ -290,7 +249,7 @@ def sweep(args: argparse.Namespace) -> dict:
     try:
         targets = {"genserve": genserve.target}
         if "triton" in args.servers:
-            triton = TritonPeer(args.triton_port, args.models, args.max_batch_size, args.max_queue_delay_ms)
+            triton = start_triton(args.models, args.max_batch_size, args.max_queue_delay_ms)
             targets["triton"] = triton.target
         for model in args.models:
             steps = args.ddpm_steps if model.startswith("ddpm") else None
@@ -307,7 +266,8 @@ def sweep(args: argparse.Namespace) -> dict:
             triton.stop()
     return {
         "benchmark": "vs_triton",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "created": reporting.created(),
+        "environment": environment,
         "settings": {
             "max_batch_size": args.max_batch_size,
             "max_queue_delay_ms": args.max_queue_delay_ms,
@@ -402,7 +362,7 @@ def plot(report: dict, path: Path) -> Path:
     return path
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["dcgan-mnist", "ddpm-mnist"])
     parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS)
@@ -414,24 +374,22 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=3, help="measurements per point and server, interleaved; medians are compared"
     )
-    parser.add_argument("--triton-port", type=int, default=18001)
-    parser.add_argument("--out", type=Path, default=RESULTS / "vs_triton.json")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--results", type=Path, default=reporting.RUNS, help="where the run's new folder goes (default: %(default)s)"
+    )
+    args = parser.parse_args(argv)
     if "genserve" not in args.servers:
         parser.error("--servers must include genserve (the baseline of every ratio)")
-    paused = pause_trainings(True)
-    try:
-        report = sweep(args)
-    finally:
-        if paused:
-            pause_trainings(False)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    folder = reporting.run_folder("vs_triton", args.results)
+    print(f"writing into {folder}", file=sys.stderr, flush=True)
+    report = sweep(args, folder)
+    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     if report["ratios"]:
         table = markdown_table(report)
-        args.out.with_suffix(".md").write_text(table)
+        (folder / "table.md").write_text(table)
         print(table)
-    print(f"wrote {plot(report, args.out.with_suffix('.png'))}")
+    plot(report, folder / "plot.png")
+    print(f"wrote {folder}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -70,3 +70,13 @@ def test_input_data_sends_distinct_seeds_and_the_step_count_only_to_diffusion(tm
     ddpm = json.loads(vs_triton.input_data(tmp_path / "ddpm.json", steps=10, rows=3).read_text())
     assert gan == {"data": [{"SEED": [0]}, {"SEED": [1]}, {"SEED": [2]}]}
     assert [row["STEPS"] for row in ddpm["data"]] == [[10], [10], [10]]
+
+
+def test_no_benchmark_signals_processes_it_did_not_start():
+    """Benchmarks stop only their own children (``benchmarks/peers/launch.py``): nothing looks other
+    processes up by name to pause or kill them (the old ``pause_trainings`` SIGSTOPped every
+    ``genserve train`` on the machine)."""
+    forbidden = ("pgrep", "pkill", "killall", "SIGSTOP", "pause_trainings")
+    sources = [p for p in Path(vs_triton.__file__).parent.rglob("*.py") if "tests" not in p.parts]
+    found = {str(p.name): word for p in sources for word in forbidden if word in p.read_text()}
+    assert found == {}

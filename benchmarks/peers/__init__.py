@@ -1,0 +1,1 @@
+"""The benchmark peers: servers (each run from its own environment under .bench/), their launcher and clients."""
