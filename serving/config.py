@@ -8,6 +8,7 @@
     precision = "fp32"         # fp32 | tf32 | bf16 | fp16 (cuda and tensorrt; also per model)
     cuda_graphs = true         # cuda: a CUDA graph per batch bucket, captured at load
     compile = false            # torch, cuda: torch.compile before capture
+    engine_profile = "prof"    # the engines' own profilers write here (flushed at stop); absent = off
     frontend = "auto"          # gRPC transport: auto (native if built) | native | grpcio
     grace_period_s = 10
     drain_delay_s = 0          # SIGTERM: NOT_SERVING, still accepting this long, then drain
@@ -78,6 +79,9 @@ class EngineOptions:
     cuda_graphs: bool = True  # cuda backend: capture a CUDA graph per batch bucket at load
     compile: bool = False  # torch and cuda backends: torch.compile (Inductor) before capture
     device: str | None = None  # torch and cuda backends: override the device ("cuda:1", "cpu")
+    # The engines' own profilers write here (ONNX Runtime's per session, torch.profiler's for the
+    # torch and cuda backends), flushed at server stop; None = off. Profiling slows every call.
+    engine_profile: Path | None = None
 
 
 DEFAULT_HOST = "127.0.0.1"  # loopback: serving beyond the machine is a choice (--host 0.0.0.0)
@@ -282,6 +286,7 @@ _SERVER_KEYS: dict[str, tuple[Any, str]] = {
     "cuda_graphs": (lambda v: isinstance(v, bool), "true or false"),
     "compile": (lambda v: isinstance(v, bool), "true or false"),
     "device": (lambda v: isinstance(v, str) and v != "", 'a torch device ("cuda:0", "cpu")'),
+    "engine_profile": (lambda v: isinstance(v, str) and v != "", "a path"),
     "grace_period_s": _number(0),
     "metrics_port": (
         lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 65535,
@@ -414,6 +419,8 @@ def load_config(
     engine = {key: server[key] for key in ("cuda_graphs", "compile", "device") if key in server}
     if "precision" in server:
         engine["precision"] = Precision(server["precision"])
+    if "engine_profile" in server:
+        engine["engine_profile"] = base / server["engine_profile"]
     if "grace_period_s" in server:
         values["grace_period"] = float(server["grace_period_s"])
     if "drain_delay_s" in server:

@@ -9,7 +9,10 @@ the backend owns (``slots.py``): host memory here, device memory for the torch/c
 
 from __future__ import annotations
 
+import itertools
 import logging
+import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -36,6 +39,9 @@ class OnnxRuntimeEngine:
     ``io_binding`` (default: on exactly when CUDA is the first provider) runs each call through an
     ``IOBinding``: NumPy inputs bound as CPU tensors, outputs bound to the CPU, then copied out.
     Forcing it on with the CPU provider tests that path where there is no GPU.
+
+    ``profile_prefix``: ONNX Runtime's profiler on, writing ``<prefix>_<date>.json`` (one event per
+    operator run) when ``end_profiling`` is called.
     """
 
     def __init__(
@@ -45,6 +51,7 @@ class OnnxRuntimeEngine:
         max_batch_size: int,
         intra_op_threads: int = 0,
         io_binding: bool | None = None,
+        profile_prefix: Path | None = None,
     ):
         try:
             import onnxruntime as ort
@@ -61,6 +68,11 @@ class OnnxRuntimeEngine:
         # Idle intra-op threads would spin between calls, taking the cores the gRPC event loop and
         # the batcher need: in a server, requests arrive between engine calls.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.profiling = profile_prefix is not None
+        if profile_prefix is not None:
+            profile_prefix.parent.mkdir(parents=True, exist_ok=True)
+            options.enable_profiling = True
+            options.profile_file_prefix = str(profile_prefix)
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
@@ -85,6 +97,44 @@ class OnnxRuntimeEngine:
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()  # in binding order, the signature's
 
+    def end_profiling(self) -> Path | None:
+        """Write the profile (when profiling) and return its path; the session runs on unprofiled."""
+        if not self.profiling:
+            return None
+        self.profiling = False
+        return Path(self.session.end_profiling())
+
+
+_profile_ids = itertools.count()  # engines of one process, so that two sessions never share a file
+
+
+def start_profiling(backend: Backend, directory: Path) -> None:
+    """The torch profiler of the torch and cuda backends, once every model is loaded (their CUDA
+    graphs captured): one for the process (torch allows one), recording every thread. ONNX
+    Runtime's starts with each session (``create_engine``)."""
+    if backend in (Backend.TORCH, Backend.CUDA):
+        from genserve.serving.torch_engine import start_profiler
+
+        start_profiler(directory)
+    elif backend is Backend.TENSORRT:
+        log.warning("--engine-profile: the tensorrt backend has no profiler here; no engine profile is written")
+
+
+def end_profiling(engines: Iterable[Engine]) -> list[Path]:
+    """Write every engine profile started by ``engine_profile`` (server stop); their paths."""
+    written = []
+    for engine in engines:
+        end = getattr(engine, "end_profiling", None)
+        path = end() if end is not None else None
+        if path is not None:
+            written.append(path)
+    torch_engine = sys.modules.get("genserve.serving.torch_engine")  # loaded only by those backends
+    if torch_engine is not None and (path := torch_engine.stop_profiler()) is not None:
+        written.append(path)
+    for path in written:
+        log.info("engine profile written: %s", path)
+    return written
+
 
 def create_engine(
     folder: Path,
@@ -96,7 +146,12 @@ def create_engine(
     """One engine for a model folder; ``intra_op_threads`` (ONNX Runtime only) 0 = one per core."""
     options = options or EngineOptions()
     if backend is Backend.ONNXRUNTIME:
-        return OnnxRuntimeEngine(folder / ONNX_FILE, manifest.signature, manifest.max_batch_size, intra_op_threads)
+        prefix = None
+        if options.engine_profile is not None:
+            prefix = options.engine_profile / f"onnxruntime-{manifest.name}-{next(_profile_ids)}"
+        return OnnxRuntimeEngine(
+            folder / ONNX_FILE, manifest.signature, manifest.max_batch_size, intra_op_threads, profile_prefix=prefix
+        )
     if backend in (Backend.TORCH, Backend.CUDA):
         weights = folder / WEIGHTS_DIR
         if not (weights / "config.json").is_file():

@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from genserve.serving import calls, convert, kserve, native
 from genserve.serving.auth import TokenAuth, TokenFileError
 from genserve.serving.config import ConfigError, ConnectionOptions, SecurityOptions, ServerConfig
+from genserve.serving.engines import end_profiling, start_profiling
 from genserve.serving.interceptors import Admission, CallGate, register, register_open
 from genserve.serving.metrics import Metrics
 from genserve.serving.pb import genserve_pb2_grpc
@@ -66,6 +67,7 @@ class GenserveServer:
         # Engine calls, model loading and PNG encoding; concurrency is bounded by the per-model schedulers.
         self._executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="genserve-worker")
         self._server: grpc.aio.Server | None = None
+        self._runners: dict[str, ModelRunner] = {}  # the loaded models, whose engine profiles stop flushes
 
     async def start(self) -> int:
         """Bind, start serving health and reflection (NOT_SERVING), and return the bound port."""
@@ -160,6 +162,9 @@ class GenserveServer:
         except ConfigError as exc:
             raise StartupError(str(exc)) from exc
         self.registry.add_runners(runners, self.config, self._executor, self.metrics)
+        self._runners = runners
+        if self.config.engine.engine_profile is not None:  # after the CUDA graphs' capture
+            start_profiling(backend, self.config.engine.engine_profile)
         for service in HEALTH_SERVICES:
             await self.health.set(service, convert.health_status(serving=True))
         log.info("serving %d models: %s", len(runners), ", ".join(sorted(runners)))
@@ -196,6 +201,8 @@ class GenserveServer:
             log.info("stopped")
         for scheduler in self.registry.schedulers().values():
             await scheduler.close()
+        if self.config.engine.engine_profile is not None:
+            end_profiling(engine for runner in self._runners.values() for engine in runner.engines)
         self.metrics.close()
         if self.tracer is not None:
             self.tracer.close()

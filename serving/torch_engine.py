@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -329,6 +330,41 @@ class TorchSlots:
         with self.engine.stream_context():
             picked = self.x[torch.as_tensor(list(rows), device=self.engine.device)]
         return self.engine._to_host(picked)
+
+
+# --- profiling (--engine-profile) -----------------------------------------------------------------
+
+_profiler: tuple[torch.profiler.profile, Path] | None = None  # the process's, and where it exports
+
+
+def start_profiler(directory: Path) -> None:
+    """Start torch.profiler for the whole process: CPU operators on every thread (engine calls run on
+    the server's worker threads, which a default profiler does not see), and CUDA kernels when
+    there is a device. One profiler: torch keeps one active at a time."""
+    global _profiler
+    if _profiler is not None:
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    every_thread = torch._C._profiler._ExperimentalConfig(profile_all_threads=True)
+    profiler = profile(activities=activities, experimental_config=every_thread)
+    profiler.start()
+    directory.mkdir(parents=True, exist_ok=True)
+    _profiler = (profiler, directory / f"torch-{os.getpid()}.json")
+    log.info("torch profiler on (%s), exporting to %s at stop", ", ".join(a.name for a in activities), _profiler[1])
+
+
+def stop_profiler() -> Path | None:
+    """Stop the profiler and export its Chrome trace; the path, or None if none was running."""
+    global _profiler
+    if _profiler is None:
+        return None
+    profiler, path = _profiler
+    _profiler = None
+    profiler.stop()
+    profiler.export_chrome_trace(str(path))
+    return path
 
 
 def _dtype(name: str) -> torch.dtype:

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-from genserve.cli import bench, client, export, serve, train
+from genserve.cli import bench, client, export, profile, serve, train
 from genserve.cli import eval as eval_
 from genserve.cli.defaults import DEFAULT_CHECKPOINTS, DEFAULT_CLASSIFIER, DEFAULT_MODELS, DEFAULT_SERVER, REPO_ROOT
 
@@ -27,7 +27,7 @@ __all__ = [
 
 log = logging.getLogger("genserve")
 
-VERB_GROUPS = (train, export, eval_, serve, client, bench)  # in the order `genserve --help` lists them
+VERB_GROUPS = (train, export, eval_, serve, client, bench, profile)  # in the order `genserve --help` lists them
 
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a writer that SIGPIPE ended
 

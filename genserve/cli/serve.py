@@ -32,6 +32,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     engines.add_argument("--compile", action="store_true", help="torch/cuda: torch.compile the networks before capture")
     engines.add_argument("--device", help="torch/cuda: the torch device (default cuda, or cpu for torch)")
     p.add_argument(
+        "--engine-profile",
+        type=Path,
+        metavar="DIR",
+        help="the engines' own profilers write into DIR, flushed at stop: ONNX Runtime's (one JSON per "
+        "session) or torch.profiler's (torch, cuda: a Chrome trace); slows every call (default off)",
+    )
+    p.add_argument(
         "--frontend",
         choices=FRONTENDS,
         help="gRPC transport: native = gRPC C++ (bash serving/native/build.sh; make does it), grpcio = "
@@ -131,6 +138,7 @@ def _serve(args: argparse.Namespace) -> int:
                 ("cuda_graphs", None if args.cuda_graphs is None else args.cuda_graphs == "on"),
                 ("compile", args.compile or None),
                 ("device", args.device),
+                ("engine_profile", args.engine_profile),
             )
             if value is not None
         },

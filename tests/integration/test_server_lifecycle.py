@@ -148,9 +148,11 @@ def test_a_port_already_in_use_stops_the_server_with_the_reason(start_server, se
 
 
 def test_the_drain_delay_reports_not_serving_and_still_takes_calls_until_it_ends(start_server, frontend):
-    server = start_server("--frontend", frontend, "--drain-delay", "3", verbose=True).wait_until_serving()
+    args = ("--frontend", frontend, "--drain-delay", "3", "--grace-period", "120")
+    server = start_server(*args, verbose=True).wait_until_serving()
     with GenserveClient(server.target, timeout=30) as client:
-        long_call = CallInThread(server.target, model=DDPM, num_images=1, seed=3, steps=1000)  # holds the drain open
+        # 8 images of 1000 steps hold the drain open well past the delay, even on a fast machine
+        long_call = CallInThread(server.target, model=DDPM, num_images=8, seed=3, steps=1000)
         server.wait_for_line(rf"model={DDPM} running batch")
         server.proc.send_signal(signal.SIGTERM)
         server.wait_for_line("NOT_SERVING; taking calls 3.0 s more")
@@ -160,7 +162,7 @@ def test_the_drain_delay_reports_not_serving_and_still_takes_calls_until_it_ends
         with pytest.raises(grpc.RpcError) as refused:  # retried by the client, refused every time
             client.generate("dcgan-tiny", 1, seed=2)
         assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
-        assert long_call.result().shape == (1, 28, 28, 1)
+        assert long_call.result(timeout=120).shape == (8, 28, 28, 1)
     assert server.wait(timeout=30) == 0
 
 
