@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,13 +43,16 @@ def _drain(stream) -> None:
         pass
 
 
-def start_server(*args: str, timeout: float = 120.0, tls_ca: Path | None = None) -> ServerProcess:
+def start_server(
+    *args: str, timeout: float = 120.0, tls_ca: Path | None = None, command: Sequence[str] | None = None
+) -> ServerProcess:
     """Spawn ``genserve serve --port 0 ARGS``; return once the overall health is SERVING.
-    ``tls_ca``: the server serves TLS with a certificate of this CA."""
+    ``tls_ca``: the server serves TLS with a certificate of this CA; ``command``: what runs
+    ``genserve`` (default this virtualenv's console script)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     started = time.monotonic()
     proc = subprocess.Popen(
-        [str(GENSERVE), "serve", "--host", "127.0.0.1", "--port", "0", *args],
+        [*(command or [str(GENSERVE)]), "serve", "--host", "127.0.0.1", "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
