@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.report import new_output
 from benchmarks.serverproc import start_server
 from genserve import images
 from genserve.loadgen import LoadSpec, run_load
@@ -95,8 +96,9 @@ def plot(result: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of each measured load run")
-    parser.add_argument("--json", type=Path, default=RESULTS / "batching.json")
+    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    args.json = args.json or new_output("batching")  # a new run folder each run
     result = {
         "what": f"{MODEL}, 1 image per request, closed loop, server and load generator on the same machine",
         "machine": f"{platform.machine()} CPU x{os.cpu_count()}, Python {platform.python_version()}",

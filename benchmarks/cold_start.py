@@ -9,6 +9,7 @@ import platform
 import statistics
 from pathlib import Path
 
+from benchmarks.report import new_output
 from benchmarks.serverproc import start_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -17,8 +18,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--json", type=Path, default=RESULTS / "cold_start.json")
+    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    args.json = args.json or new_output("cold_start")  # a new run folder each run
     times, codes = [], []
     for i in range(args.runs):
         server = start_server()

@@ -16,6 +16,7 @@ import os
 import platform
 from pathlib import Path
 
+from benchmarks.report import new_output
 from benchmarks.serverproc import start_server
 from genserve import images
 from genserve.loadgen import LoadSpec, run_load
@@ -113,8 +114,9 @@ def main() -> None:
     # the ratios swung from 0.79x to 1.30x between runs.
     parser.add_argument("--duration", type=float, default=120.0, help="seconds of open-loop load per server")
     parser.add_argument("--load", type=float, default=0.7, help="offered load as a fraction of capacity")
-    parser.add_argument("--json", type=Path, default=RESULTS / "diffusion_batching.json")
+    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    args.json = args.json or new_output("diffusion_batching")  # a new run folder each run
 
     scaling = engine_scaling()
     summary, runs = compare(duration=args.duration, load=args.load)

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import report
+from benchmarks.report import new_output
 from genserve import images
 from genserve.serving.batching import Pending
 from genserve.serving.stepping import JoinPolicy, Slot, plan_iteration
@@ -114,8 +115,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=4000, help="arrivals per simulated run")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=RESULTS / "diffusion_batching_model.json")
+    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    args.json = args.json or new_output("diffusion_batching_model")  # a new run folder each run
 
     measured = measured_curve()
     flat = {b: measured[1] * (1 + FLAT_SLOPE * (b - 1)) for b in range(1, MAX_SLOTS + 1)}

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import report
+from benchmarks.report import new_output
 from genserve import images
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", "--num-samples", type=int, default=500, help="images per scale (default 500)")
     parser.add_argument("--steps", type=int, default=50, help="DDIM (eta 0) steps (default 50)")
     parser.add_argument("--seed", type=int, default=2026)
-    parser.add_argument("--json", type=Path, default=RESULTS / "guidance.json", help="report (PNG next to it)")
+    parser.add_argument("--json", type=Path, default=None, help="report (PNG next to it)")
     args = parser.parse_args(argv)
+    args.json = args.json or new_output("guidance")  # a new run folder each run
     if not 10 <= args.num_samples <= 1000:  # the evaluator's held-out reference set has 1,000 digits
         parser.error(f"-n must be in [10, 1000], got {args.num_samples}")
 

@@ -21,6 +21,7 @@ import platform
 import threading
 from pathlib import Path
 
+from benchmarks.report import new_output
 from benchmarks.serverproc import start_server
 from genserve.loadgen import LoadSpec, plot_report, run_load
 
@@ -58,8 +59,9 @@ def main() -> None:
     parser.add_argument("--factor", type=float, default=3.0, help="offered load / capacity")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of overload")
     parser.add_argument("--timeout-ms", type=int, default=1000, help="each overload request's timeout_ms")
-    parser.add_argument("--json", type=Path, default=RESULTS / "overload.json")
+    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    args.json = args.json or new_output("overload")  # a new run folder each run
 
     flags = ["--max-batch-size", "64", "--max-queue-size", "64"]
     server = start_server(*flags)

@@ -25,8 +25,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from benchmarks.report import new_output
 from benchmarks.serverproc import start_server
-from benchmarks.vs_triton import PERF_ANALYZER, RESULTS, input_data, tools_env
+from benchmarks.vs_triton import PERF_ANALYZER, input_data, tools_env
 from genserve.serving.config import FRONTENDS
 
 # Innermost matching frame decides; our own files first, so a handler that calls into grpc is ours.
@@ -90,8 +91,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=int, default=10, help="py-spy sampling time (whole seconds)")
     parser.add_argument("--rate", type=int, default=300, help="py-spy samples per second")
-    parser.add_argument("--out", type=Path, default=RESULTS / "profile_frontend.json")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    args.out = args.out or new_output("profile_frontend")  # a new run folder each run
     py_spy = shutil.which("py-spy")
     if py_spy is None:
         raise SystemExit("py-spy is not installed: pip install py-spy")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.report import new_output
 from benchmarks.serverproc import GENSERVE, start_server
 from genserve import images
 from genserve.training.evaluate import Evaluator
@@ -29,9 +30,10 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=100)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--steps", type=int, help="diffusion steps (default: the model's, 1000 for ddpm-mnist)")
-    parser.add_argument("--json", type=Path, default=RESULTS / "quality.json")
+    parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--keep", type=Path, help="also keep each model's samples as DIR/<model>.npy")
     args = parser.parse_args()
+    args.json = args.json or new_output("quality")  # a new run folder each run
 
     evaluator = Evaluator()
     server = start_server()

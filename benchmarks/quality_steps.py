@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import report
+from benchmarks.report import new_output
 from genserve import images
 from genserve.schedule import Sampler
 
@@ -134,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="K",
         help="shorthand: these step counts, DDPM on the full schedule and DDIM (eta 0) below it",
     )
-    parser.add_argument("--json", type=Path, default=RESULTS / "quality_steps.json", help="report (PNG next to it)")
+    parser.add_argument("--json", type=Path, default=None, help="report (PNG next to it)")
     args = parser.parse_args(argv)
+    args.json = args.json or new_output("quality_steps")  # a new run folder each run
 
     from genserve.serving.runner import ModelRunner
     from genserve.training.evaluate import Evaluator

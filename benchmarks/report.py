@@ -85,3 +85,11 @@ def environment(packages: Iterable[str] = ("grpcio", "onnxruntime", "numpy", "pr
         "git_commit": git("rev-parse", "HEAD"),
         "git_dirty_files": git("status", "--porcelain", "--untracked-files=no").splitlines(),
     }
+
+
+def new_output(benchmark: str, suffix: str = ".json") -> Path:
+    """The report path of a run that was given no output path: ``<new run folder>/<benchmark>.json``,
+    with the environment before the run beside it (``environment.json``)."""
+    folder = run_folder(benchmark)
+    (folder / "environment.json").write_text(json.dumps(environment(), indent=2) + "\n")
+    return folder / f"{benchmark}{suffix}"

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmarks.report import new_output
 from genserve import images, schedule
 from genserve.manifest import DiffusionSpec
 
@@ -463,12 +464,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--json",
         type=Path,
-        default=RESULTS / "sampler.json",
+        default=None,
         metavar="OUT.json",
-        help="report path; the bar chart goes next to it as OUT.png (default benchmarks/results/sampler.json)",
+        help="report path; the bar chart goes next to it as OUT.png (default: a new results/runs/<date>-sampler/)",
     )
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    args.json = args.json or new_output("sampler")  # a new run folder each run
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     try:
