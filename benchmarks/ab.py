@@ -15,17 +15,15 @@ tree's ``models/``) and batcher settings (max batch 64, delay 0).
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import subprocess
 import sys
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 from benchmarks import report
 from benchmarks.serverproc import start_server
-from benchmarks.vs_triton import input_data, measure, medians, ratio, tools_env
+from benchmarks.vs_triton import compare, measure_interleaved, medians, tools_env
 
 LAUNCHER = '''"""Run genserve's CLI with the package imported from the folder given first (benchmarks/ab.py)."""
 import glob, os, sys, sysconfig, importlib
@@ -74,32 +72,18 @@ def main() -> None:
     settings = ("--models", str(report.ROOT / "models"), "--max-batch-size", "64", "--max-queue-delay-ms", "0")
     settings += ("--frontend", args.frontend)
     commands = {"before": [sys.executable, str(before / "_ab_launch.py"), str(before)], "after": None}
-    servers, runs = {}, []
+    servers = {}
     try:
         for name, command in commands.items():
             servers[name] = start_server(*settings, command=command)
-        with tempfile.TemporaryDirectory() as tmp:
-            data = input_data(Path(tmp) / "input.json", steps=None)
-            plan = list(itertools.product(args.concurrency, range(1, args.repeats + 1), commands))
-            for i, (c, repeat, name) in enumerate(plan, 1):
-                report.progress(i, len(plan), f"{name} c={c} #{repeat}")
-                out = folder / f"perf-{name}-c{c}-r{repeat}.csv"
-                target = servers[name].target
-                runs.append(measure(name, target, args.model, c, repeat, data, out, args.window_ms, env))
+        targets = {name: server.target for name, server in servers.items()}
+        runs = measure_interleaved(targets, args.model, args.concurrency, args.repeats, folder, args.window_ms, env)
     finally:
         for server in servers.values():
             server.stop()
     by = medians([asdict(r) for r in runs])
-    summary = {}
+    summary = {str(c): compare(by, args.model, c, "after", "before") for c in args.concurrency}
     for c in args.concurrency:
-        a, b = by[("after", args.model, c)], by[("before", args.model, c)]
-        summary[str(c)] = {
-            "before_req_s": round(b["throughput"], 1),
-            "after_req_s": round(a["throughput"], 1),
-            "before_p99_ms": round(b["p99_ms"], 2),
-            "after_p99_ms": round(a["p99_ms"], 2),
-            **ratio(a, b),
-        }
         print(
             f"c={c}: after/before throughput {summary[str(c)]['throughput_ratio']:.3f}x, "
             f"p99 {summary[str(c)]['p99_ratio']:.3f}x (medians of {args.repeats})"
@@ -109,7 +93,8 @@ def main() -> None:
         "created": report.created(),
         "before": subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=before, capture_output=True, text=True
-        ).stdout.strip(),
+        ).stdout.strip()
+        or args.before,
         "after": "the working tree at environment.git_commit (plus environment.git_dirty_files)",
         "environment": environment,
         "settings": {

@@ -13,7 +13,6 @@ concurrency 16.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import tempfile
 from dataclasses import asdict
@@ -21,8 +20,8 @@ from pathlib import Path
 
 from benchmarks import report
 from benchmarks.serverproc import start_server
-from benchmarks.transports import TRANSPORTS, compare
-from benchmarks.vs_triton import input_data, measure, medians, tools_env
+from benchmarks.transports import TRANSPORTS
+from benchmarks.vs_triton import compare, measure_interleaved, medians, tools_env
 from deploy.certs import make_pki
 
 GOAL = 1.3  # native / grpcio throughput at concurrency 16, both serving TLS
@@ -48,20 +47,15 @@ def main() -> None:
         try:
             for transport in TRANSPORTS:
                 servers[transport] = start_server(*batching, *tls, "--frontend", transport, tls_ca=pki.ca)
-            data = input_data(Path(tmp) / "input.json", steps=None)
-            plan = list(itertools.product(args.concurrency, range(1, args.repeats + 1), TRANSPORTS))
-            for i, (c, repeat, transport) in enumerate(plan, 1):
-                report.progress(i, len(plan), f"{transport} c={c} #{repeat}")
-                out = folder / f"perf-{transport}-{args.model}-c{c}-r{repeat}.csv"
-                target = f"localhost:{servers[transport].port}"
-                runs.append(
-                    measure(transport, target, args.model, c, repeat, data, out, args.window_ms, env, client_tls)
-                )
+            targets = {name: f"localhost:{server.port}" for name, server in servers.items()}  # the certificate's name
+            runs = measure_interleaved(
+                targets, args.model, args.concurrency, args.repeats, folder, args.window_ms, env, client_tls
+            )
         finally:
             for server in servers.values():
                 server.stop()
     by = medians([asdict(r) for r in runs])
-    summary = {str(c): compare(by, args.model, c) for c in args.concurrency}
+    summary = {str(c): compare(by, args.model, c, *TRANSPORTS) for c in args.concurrency}
     c16 = summary.get("16", {}).get("throughput_ratio")
     result = {
         "benchmark": "tls",

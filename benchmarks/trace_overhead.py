@@ -11,15 +11,12 @@ Goal: tracing at 100% costs at most 5% throughput at concurrency 16 (ratio >= 0.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import tempfile
 from dataclasses import asdict
-from pathlib import Path
 
 from benchmarks import report
 from benchmarks.serverproc import start_server
-from benchmarks.vs_triton import input_data, measure, medians, ratio, tools_env
+from benchmarks.vs_triton import compare, measure_interleaved, medians, tools_env
 
 GOAL = 0.95  # traced / untraced throughput at concurrency 16
 
@@ -36,29 +33,18 @@ def main() -> None:
     environment = report.environment()
     batching = ("--max-batch-size", "64", "--max-queue-delay-ms", "0")
     variants = {"untraced": (), "traced": ("--trace-rate", "1", "--trace-file", str(folder / "trace.json"))}
-    servers, runs = {}, []
+    servers = {}
     try:
         for name, extra in variants.items():
             servers[name] = start_server(*batching, *extra)
-        with tempfile.TemporaryDirectory() as tmp:
-            data = input_data(Path(tmp) / "input.json", steps=None)
-            plan = list(itertools.product(args.concurrency, range(1, args.repeats + 1), variants))
-            for i, (c, repeat, name) in enumerate(plan, 1):
-                report.progress(i, len(plan), f"{name} c={c} #{repeat}")
-                out = folder / f"perf-{name}-c{c}-r{repeat}.csv"
-                runs.append(measure(name, servers[name].target, args.model, c, repeat, data, out, args.window_ms, env))
+        targets = {name: server.target for name, server in servers.items()}
+        runs = measure_interleaved(targets, args.model, args.concurrency, args.repeats, folder, args.window_ms, env)
     finally:
         for server in servers.values():
             server.stop()
     by = medians([asdict(r) for r in runs])
-    summary = {}
+    summary = {str(c): compare(by, args.model, c, "traced", "untraced") for c in args.concurrency}
     for c in args.concurrency:
-        traced, untraced = by[("traced", args.model, c)], by[("untraced", args.model, c)]
-        summary[str(c)] = {
-            "untraced_req_s": round(untraced["throughput"], 1),
-            "traced_req_s": round(traced["throughput"], 1),
-            **ratio(traced, untraced),
-        }
         print(
             f"c={c}: traced/untraced throughput {summary[str(c)]['throughput_ratio']:.3f}x (medians of {args.repeats})"
         )

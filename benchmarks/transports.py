@@ -13,31 +13,14 @@ Only the transport differs: the handlers, batcher and engine are the same code.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import tempfile
 from dataclasses import asdict
-from pathlib import Path
 
 from benchmarks import report as report_module
 from benchmarks.serverproc import start_server
-from benchmarks.vs_triton import input_data, measure, medians, ratio, tools_env
+from benchmarks.vs_triton import compare, measure_interleaved, medians, tools_env
 
 TRANSPORTS = ("native", "grpcio")
-
-
-def compare(by: dict, model: str, concurrency: int) -> dict[str, float]:
-    """native against grpcio at one concurrency, from ``vs_triton.medians`` of the runs."""
-    native, grpcio = by[("native", model, concurrency)], by[("grpcio", model, concurrency)]
-    ratios = ratio(native, grpcio)
-    return {
-        "native_req_s": round(native["throughput"], 1),
-        "grpcio_req_s": round(grpcio["throughput"], 1),
-        "throughput_ratio": ratios["throughput_ratio"],
-        "native_p99_ms": round(native["p99_ms"], 2),
-        "grpcio_p99_ms": round(grpcio["p99_ms"], 2),
-        "p99_ratio": ratios["p99_ratio"],
-    }
 
 
 def main() -> None:
@@ -56,17 +39,13 @@ def main() -> None:
     try:
         for transport in TRANSPORTS:
             servers[transport] = start_server(*batching, "--frontend", transport)
-        with tempfile.TemporaryDirectory() as tmp:
-            data = input_data(Path(tmp) / "input.json", steps=None)
-            for c, repeat, transport in itertools.product(args.concurrency, range(1, args.repeats + 1), TRANSPORTS):
-                out = perf_dir / f"perf-{transport}-{args.model}-c{c}-r{repeat}.csv"
-                target = servers[transport].target
-                runs.append(measure(transport, target, args.model, c, repeat, data, out, args.window_ms, env))
+        targets = {name: server.target for name, server in servers.items()}
+        runs = measure_interleaved(targets, args.model, args.concurrency, args.repeats, perf_dir, args.window_ms, env)
     finally:
         for server in servers.values():
             server.stop()
     by = medians([asdict(r) for r in runs])
-    summary = {str(c): compare(by, args.model, c) for c in args.concurrency}
+    summary = {str(c): compare(by, args.model, c, *TRANSPORTS) for c in args.concurrency}
     for c in args.concurrency:
         print(
             f"c={c}: native/grpcio throughput {summary[str(c)]['throughput_ratio']:.2f}x, p99 "

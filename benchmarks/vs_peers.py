@@ -48,6 +48,7 @@ import numpy as np
 from benchmarks import report as reporting
 from benchmarks.peers import clients, launch
 from benchmarks.serverproc import start_server
+from benchmarks.vs_triton import medians
 from genserve import images
 from genserve.loadgen import OK, RequestRecord, summarize
 from genserve.manifest import Manifest
@@ -141,22 +142,6 @@ def to_run(
         send_s=round(send_s, 4),
         warmup_requests=warmup_requests,
     )
-
-
-def medians(runs: Sequence[dict]) -> dict[tuple[str, str, int], dict[str, float]]:
-    """(server, model, concurrency) -> the medians of its repeats: throughput, p50, p99."""
-    groups: dict[tuple[str, str, int], list[dict]] = {}
-    for r in runs:
-        groups.setdefault((r["server"], r["model"], r["concurrency"]), []).append(r)
-    return {
-        key: {
-            "throughput": statistics.median(r["throughput"] for r in rows),
-            "p50_ms": statistics.median(r["p50_ms"] for r in rows),
-            "p99_ms": statistics.median(r["p99_ms"] for r in rows),
-            "repeats": len(rows),
-        }
-        for key, rows in groups.items()
-    }
 
 
 def ratios(by: dict[tuple[str, str, int], dict[str, float]]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:

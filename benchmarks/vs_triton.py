@@ -30,6 +30,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -282,14 +283,15 @@ def sweep(args: argparse.Namespace, folder: Path) -> dict:
     }
 
 
-def medians(runs: list[dict]) -> dict[tuple[str, str, int], dict[str, float]]:
-    """(server, model, concurrency) -> the median throughput and median p99 of its repeats."""
+def medians(runs: Sequence[dict]) -> dict[tuple[str, str, int], dict[str, float]]:
+    """(server, model, concurrency) -> the medians of its repeats: throughput, p50, p99."""
     groups: dict[tuple[str, str, int], list[dict]] = {}
     for r in runs:
         groups.setdefault((r["server"], r["model"], r["concurrency"]), []).append(r)
     return {
         key: {
             "throughput": statistics.median(r["throughput"] for r in rows),
+            "p50_ms": statistics.median(r["p50_ms"] for r in rows),
             "p99_ms": statistics.median(r["p99_ms"] for r in rows),
             "repeats": len(rows),
         }
@@ -316,6 +318,42 @@ def ratio(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
         "throughput_ratio": round(a["throughput"] / b["throughput"], 3),
         "p99_ratio": round(a["p99_ms"] / b["p99_ms"], 3),
     }
+
+
+def compare(by: dict, model: str, concurrency: int, a: str, b: str) -> dict[str, float]:
+    """Server ``a`` against server ``b`` at one concurrency, from ``medians``: both throughputs and
+    p99s, and their ratios."""
+    x, y = by[(a, model, concurrency)], by[(b, model, concurrency)]
+    return {
+        f"{a}_req_s": round(x["throughput"], 1),
+        f"{b}_req_s": round(y["throughput"], 1),
+        f"{a}_p99_ms": round(x["p99_ms"], 2),
+        f"{b}_p99_ms": round(y["p99_ms"], 2),
+        **ratio(x, y),
+    }
+
+
+def measure_interleaved(
+    targets: dict[str, str],
+    model: str,
+    concurrencies: Sequence[int],
+    repeats: int,
+    folder: Path,
+    window_ms: int,
+    env: dict,
+    extra: Sequence[str] = (),
+) -> list[Run]:
+    """perf_analyzer on each server of ``targets`` (name -> HOST:PORT) in turn, at each concurrency,
+    ``repeats`` times, interleaved so that drifts in machine load hit them alike; CSVs in ``folder``."""
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = input_data(Path(tmp) / "input.json", steps=None)
+        plan = list(itertools.product(concurrencies, range(1, repeats + 1), targets))
+        for i, (c, repeat, name) in enumerate(plan, 1):
+            reporting.progress(i, len(plan), f"{name} c={c} #{repeat}")
+            out = folder / f"perf-{name}-{model}-c{c}-r{repeat}.csv"
+            runs.append(measure(name, targets[name], model, c, repeat, data, out, window_ms, env, extra))
+    return runs
 
 
 def markdown_table(report: dict) -> str:
