@@ -214,6 +214,12 @@ def _code_of(exc: BaseException, context: grpc.aio.ServicerContext) -> str:
     return status_name(exc) if isinstance(exc, ServingError) else "INTERNAL"
 
 
+def _to_abort(exc: BaseException) -> bool:
+    """Whether the call must be aborted with ``exc``'s status: not when a servicer aborted already,
+    nor when the call was cancelled or closed (CancelledError and GeneratorExit are BaseExceptions)."""
+    return isinstance(exc, Exception) and not isinstance(exc, grpc.aio.AbortError)
+
+
 def _wrap_unary_response(
     behavior: Callable[..., Awaitable[Any]], method: str, gate: CallGate, work: bool, streaming_request: bool
 ) -> Callable[..., Awaitable[Any]]:
@@ -228,10 +234,8 @@ def _wrap_unary_response(
                 return await behavior(request, context)
         except BaseException as exc:
             record.code = _code_of(exc, context)
-            if isinstance(exc, (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit)):
+            if not _to_abort(exc):
                 raise  # the status is set, or the call is gone
-            if not isinstance(exc, Exception):
-                raise
             await abort_with(context, exc, method)
         finally:
             gate.leave(record, token, work, context)
@@ -254,10 +258,8 @@ def _wrap_response_stream(
                     yield response
         except BaseException as exc:
             record.code = _code_of(exc, context)
-            if isinstance(exc, (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit)):
-                raise
-            if not isinstance(exc, Exception):
-                raise
+            if not _to_abort(exc):
+                raise  # the status is set, or the call is gone
             await abort_with(context, exc, method)
         finally:
             gate.leave(record, token, work, context)
@@ -292,15 +294,22 @@ def _quietly_unimplemented(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHand
     )
 
 
+def _wrap(
+    behavior: Callable[..., Any], method: str, gate: CallGate, work: bool, streaming_request: bool
+) -> Callable[..., Any] | None:
+    """``behavior`` wrapped (see ``register``); None for a synchronous one, which is left alone."""
+    if inspect.isasyncgenfunction(behavior):
+        return _wrap_response_stream(behavior, method, gate, work, streaming_request)
+    if inspect.iscoroutinefunction(behavior):
+        return _wrap_unary_response(behavior, method, gate, work, streaming_request)
+    return None
+
+
 def _wrapped(handler: grpc.RpcMethodHandler, method: str, gate: CallGate, work: bool) -> grpc.RpcMethodHandler:
     """``handler`` with its behaviour wrapped and its request deserializer made never to raise."""
     kind = _kind(handler)
-    behavior = getattr(handler, kind)
-    if inspect.isasyncgenfunction(behavior):
-        wrapped = _wrap_response_stream(behavior, method, gate, work, handler.request_streaming)
-    elif inspect.iscoroutinefunction(behavior):
-        wrapped = _wrap_unary_response(behavior, method, gate, work, handler.request_streaming)
-    else:  # a synchronous handler: the generated base class's UNIMPLEMENTED
+    wrapped = _wrap(getattr(handler, kind), method, gate, work, handler.request_streaming)
+    if wrapped is None:  # a synchronous handler: the generated base class's UNIMPLEMENTED
         return _quietly_unimplemented(handler)
     return handler._replace(**{kind: wrapped, "request_deserializer": _never_raising(handler.request_deserializer)})
 
@@ -377,12 +386,8 @@ def with_error_statuses(
     that registers it with the generated ``add_..._to_server`` itself (tests, embedders)."""
     gate = CallGate(admission or Admission())
     for method in service.methods:
-        behavior = getattr(servicer, method.name)
-        name = f"/{service.full_name}/{method.name}"
-        work = method.name in admitted
-        streaming = method.client_streaming
-        if inspect.isasyncgenfunction(behavior):
-            setattr(servicer, method.name, _wrap_response_stream(behavior, name, gate, work, streaming))
-        elif inspect.iscoroutinefunction(behavior):
-            setattr(servicer, method.name, _wrap_unary_response(behavior, name, gate, work, streaming))
+        name, work = f"/{service.full_name}/{method.name}", method.name in admitted
+        wrapped = _wrap(getattr(servicer, method.name), name, gate, work, method.client_streaming)
+        if wrapped is not None:
+            setattr(servicer, method.name, wrapped)
     return servicer
