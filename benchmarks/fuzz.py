@@ -62,6 +62,7 @@ from genserve.client import GenserveClient
 from genserve.serving import convert, kserve
 from genserve.serving.config import MAX_MESSAGE_BYTES
 from genserve.serving.domain import ModelInfo
+from genserve.serving.servicer import GenerationServicer
 from genserve.signature import ModelKind
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,7 +122,7 @@ def all_methods() -> list[Method]:
     """Every method the server registers (Health.Watch aside: it never ends), and unknown ones."""
     gen, inf = convert.SERVICE_DESCRIPTOR, kserve.SERVICE_DESCRIPTOR
     health = health_pb2.DESCRIPTOR.services_by_name["Health"]
-    methods = [_method(gen.full_name, m, ("Generate", "GenerateStream", "Translate")) for m in gen.methods]
+    methods = [_method(gen.full_name, m, GenerationServicer.WORK_METHODS) for m in gen.methods]
     overridden = vars(kserve.InferenceServicer)
     methods += [
         _method(inf.full_name, m, kserve.InferenceServicer.WORK_METHODS, m.name in overridden) for m in inf.methods
@@ -174,6 +175,7 @@ class Corpus:
         self.infos = sorted(infos, key=lambda i: i.name)
         self.generators = [i for i in self.infos if i.kind is not ModelKind.TRANSLATOR]
         self.translators = [i for i in self.infos if i.kind is ModelKind.TRANSLATOR]
+        self.likelihoods = [i for i in self.infos if i.likelihood]
 
     def valid(self, method: Method, rng: random.Random) -> list[Message]:
         """The messages of one valid call (one, but for request-streaming methods)."""
@@ -186,6 +188,8 @@ class Corpus:
             ]
         if name == "Translate":
             return [self.translate(rng)]
+        if name == "LogLikelihood" and self.likelihoods:
+            return [self.likelihood(rng)]
         if name == "ModelInfer":
             return [self.infer(rng)]
         if name == "ModelStreamInfer":
@@ -218,6 +222,20 @@ class Corpus:
             msg.first_index = rng.randrange(2**32 - 2)
         if info.num_classes and rng.random() < 0.5:
             msg.label = rng.randrange(info.num_classes)
+        if info.default_temperature is not None and rng.random() < 0.5:
+            msg.temperature = rng.uniform(0.01, 10.0)
+        if info.style_layers and rng.random() < 0.5:
+            msg.truncation = rng.uniform(0.0, 2.0)
+            msg.mix_seed = rng.randrange(-(2**63), 2**63)
+            msg.mix_layer = rng.randint(0, info.style_layers)
+        return msg
+
+    def likelihood(self, rng: random.Random) -> Message:
+        info = rng.choice(self.likelihoods)
+        pixels = _pixels(rng, (rng.randint(1, 2), *_hwc(info.image_shape)))
+        msg = new("genserve.v1.LogLikelihoodRequest", model=info.name)
+        msg.timeout_ms = WORK_TIMEOUT_MS
+        msg.raw.CopyFrom(convert.tensor_to_proto(pixels))
         return msg
 
     def translate(self, rng: random.Random) -> Message:

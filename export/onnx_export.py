@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from genserve import manifest as mf
 from genserve.nets import load_checkpoint
-from genserve.nets.graphs import DEFAULT_VIEW, servable_module
+from genserve.nets.graphs import DEFAULT_VIEW, graph_of, servable_module
 from genserve.signature import (
     ModelKind,
     Signature,
@@ -107,6 +107,13 @@ class Servable:
     # Store the weights (ONNX initializers and weights/) in float16, computed in float32: half the
     # folder, for a model that would otherwise push the repository past its size budget.
     half_weights: bool = False
+    # More graphs of the same checkpoint in the same folder, as (name, view): exported to
+    # ``<name>.onnx`` and listed in the manifest's ``graphs`` (a flow's ``likelihood``, a latent
+    # diffusion model's ``decoder``).
+    extra_graphs: tuple[tuple[str, str], ...] = ()
+    # The sampling temperature of a request that sets none (autoregressive models, flows); None =
+    # the model takes no temperature.
+    default_temperature: float | None = None
 
 
 SERVED: dict[str, Servable] = {
@@ -131,8 +138,22 @@ SERVED: dict[str, Servable] = {
         view="reconstruct",
         input_description=data.MNIST_RECIPE,
     ),
+    "ldm-mnist": Servable(
+        "ldm-mnist",
+        "latent diffusion (Rombach et al. 2022): DDPM with an epsilon-prediction MLP on the 16-d latents of "
+        "vae-mnist, served as one fused denoising step on latents; the decoder graph (the VAE decoder) turns "
+        "the final latent into the image",
+        "sample",
+        half_weights=True,
+        extra_graphs=(("decoder", "decode"),),
+    ),
     "cgan-mnist": Servable(
         "cgan-mnist", "class-conditional GAN (Mirza & Osindero 2014), projection discriminator", "conditional"
+    ),
+    "acgan-mnist": Servable(
+        "acgan-mnist",
+        "AC-GAN (Odena et al. 2017): cgan-mnist's generator, discriminator with a class head (auxiliary classifier)",
+        "conditional",
     ),
     "pix2pix-edges2mnist": Servable(
         "pix2pix-mnist",
@@ -171,11 +192,41 @@ SERVED: dict[str, Servable] = {
         input_description=data.DIGITS_RECIPE,
         partner="cyclegan-mnist2digits",
     ),
+    "pixelcnn-mnist": Servable(
+        "pixelcnn-mnist",
+        "class-conditional gated PixelCNN (van den Oord et al. 2016): vertical and horizontal stacks, no "
+        "blind spot, 256-way softmax per pixel; served as one step per pixel (784 steps), the level drawn "
+        "by inverse CDF from Phi(noise) at the temperature",
+        "conditional",
+        default_temperature=1.0,
+    ),
+    "stylegan-mnist": Servable(
+        "stylegan-mnist",
+        "StyleGAN2 (Karras et al. 2020): mapping MLP, modulated convolutions from a learned 7x7 constant, "
+        "per-image truncation psi and style mixing (mix_z from layer mix_layer on)",
+        "sample",
+    ),
+    "realnvp-mnist": Servable(
+        "realnvp-mnist",
+        "multi-scale RealNVP/Glow normalizing flow (Dinh et al. 2017; Kingma & Dhariwal 2018): actnorm, "
+        "LU 1x1 convolutions, affine couplings, logit preprocessing; z ~ N(0, I) times the temperature -> "
+        "image, exactly invertible; the likelihood graph gives bits/dim of an image",
+        "sample",
+        extra_graphs=(("likelihood", "likelihood"),),
+        default_temperature=1.0,  # the temperature sweep in docs/models.md: lower ones are no better
+    ),
 }
 
 
-def graph_signature(kind: ModelKind, cfg: dict, servable: Servable | None) -> tuple[Signature, tuple[int, int, int]]:
-    """The graph's signature and the shape of the images it produces, from the checkpoint config."""
+def graph_signature(
+    kind: ModelKind, cfg: dict, servable: Servable | None, own=None
+) -> tuple[Signature, tuple[int, int, int]]:
+    """The graph's signature and the shape of the images it produces, from the checkpoint config
+    (``own``: the graph's own signature function, ``nets.graphs.Graph.signature``, if it has one)."""
+    if own is not None:
+        signature = own(cfg)
+        image_shape = (cfg.get("image_channels", 1), cfg.get("image_size", 28), cfg.get("image_size", 28))
+        return signature, image_shape
     if kind is ModelKind.DIFFUSION:
         image_shape = (cfg["image_channels"], cfg["image_size"], cfg["image_size"])
         return diffusion_step_signature(image_shape, cfg.get("num_classes")), image_shape
@@ -199,9 +250,10 @@ def export_model_folder(
     half = bool(servable and servable.half_weights)
     if half:
         round_to_half(net)  # what is stored is what runs, in both runtimes
-    module, kind = servable_module(net, meta["family"], servable.view if servable else DEFAULT_VIEW)
+    view = servable.view if servable else DEFAULT_VIEW
+    module, kind = servable_module(net, meta["family"], view)
     cfg = meta["config"]
-    signature, image_shape = graph_signature(kind, cfg, servable)
+    signature, image_shape = graph_signature(kind, cfg, servable, graph_of(meta["family"], view).signature)
 
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = export_onnx(module, signature, out / mf.ONNX_FILE)
@@ -222,10 +274,32 @@ def export_model_folder(
     else:
         shutil.copy2(checkpoint / "model.safetensors", weights / "model.safetensors")
 
+    graphs = {}
+    for graph_name, graph_view in servable.extra_graphs if servable else ():
+        graph_module, _ = servable_module(net, meta["family"], graph_view)
+        graph_signature_of = graph_of(meta["family"], graph_view).signature
+        if graph_signature_of is None:
+            raise ValueError(f"{name}: graph {graph_name!r} (view {graph_view!r}) has no signature in nets.graphs")
+        graph = mf.ExtraGraph(f"{graph_name}.onnx", graph_view, graph_signature_of(cfg))
+        export_onnx(graph_module, graph.signature, out / graph.file)
+        graph_errors = check_parity(graph_module, out / graph.file, graph.signature)
+        log.info("%s graph %s parity (max abs error by batch size): %s", name, graph_name, graph_errors)
+        if max(graph_errors.values()) > PARITY_ATOL:
+            raise AssertionError(
+                f"{name} graph {graph_name}: ONNX Runtime differs from PyTorch by more than {PARITY_ATOL:.0e}"
+            )
+        errors.update({f"{graph_name}/{b}": e for b, e in graph_errors.items()})
+        graphs[graph_name] = graph
+
     previous = _previous_metrics(out)
     files = {
         rel: mf.sha256(out / rel)
-        for rel in (mf.ONNX_FILE, f"{mf.WEIGHTS_DIR}/model.safetensors", f"{mf.WEIGHTS_DIR}/config.json")
+        for rel in (
+            mf.ONNX_FILE,
+            *(g.file for g in graphs.values()),
+            f"{mf.WEIGHTS_DIR}/model.safetensors",
+            f"{mf.WEIGHTS_DIR}/config.json",
+        )
     }
     manifest = mf.Manifest(
         name=name,
@@ -236,11 +310,14 @@ def export_model_folder(
         max_batch_size=max_batch_size,
         description=servable.description if servable else _description(meta["family"], cfg),
         dataset=_DATASETS.get(servable.task if servable else "", _DATASETS[""]),
-        latent_dim=cfg.get("latent_dim") if kind is ModelKind.SAMPLER else None,
-        num_classes=cfg.get("num_classes") if kind in (ModelKind.SAMPLER, ModelKind.DIFFUSION) else None,
+        latent_dim=signature.inputs[0].shape[1] if kind is ModelKind.SAMPLER else None,
+        num_classes=cfg.get("num_classes") if kind is not ModelKind.TRANSLATOR else None,
         input_shape=signature.inputs[0].shape[1:] if kind is ModelKind.TRANSLATOR else None,
         input_description=servable.input_description if servable else "",
         diffusion=_diffusion_spec(kind, cfg, servable),
+        default_temperature=_default_temperature(kind, servable),
+        style_layers=cfg.get("style_layers") if kind is ModelKind.SAMPLER else None,
+        graphs=graphs,
         metrics=previous if previous.get("onnx_sha256") == files[mf.ONNX_FILE] else {},
         files=files,
         source={
@@ -251,6 +328,12 @@ def export_model_folder(
     )
     manifest.write(out)
     return manifest
+
+
+def _default_temperature(kind: ModelKind, servable: Servable | None) -> float | None:
+    if servable is not None and servable.default_temperature is not None:
+        return servable.default_temperature
+    return 1.0 if kind is ModelKind.AUTOREGRESSIVE else None
 
 
 def round_to_half(net: torch.nn.Module) -> None:

@@ -87,6 +87,10 @@ class GenserveClient:
         guidance: float | None = None,
         first_index: int = 0,
         progress: Callable[[int], object] | None = None,
+        temperature: float | None = None,
+        truncation: float | None = None,
+        mix_seed: int | None = None,
+        mix_layer: int | None = None,
     ) -> np.ndarray:
         """Generate ``num_images`` images: uint8 (N, H, W, C), decoded from the raw tensors.
 
@@ -95,7 +99,9 @@ class GenserveClient:
         of every image (class-conditional models; default a class per image from the seed);
         ``interpolate_to_seed``: ``num_images`` frames from image 0 of ``seed`` to image 0 of this seed;
         ``guidance``: the classifier-free guidance scale (class-conditional diffusion models);
-        ``first_index``: image i is the seed's image ``first_index + i``.
+        ``first_index``: image i is the seed's image ``first_index + i``; ``temperature``
+        (autoregressive models and flows), ``truncation``, ``mix_seed`` and ``mix_layer`` (style-based
+        models): see the proto's GenerateRequest.
 
         Any ``num_images``: more than the model takes per request are sent as several requests
         (``first_index`` set so the images are the same), a few at a time, and put back in order;
@@ -103,7 +109,14 @@ class GenserveClient:
         request = _request(
             model, num_images, seed, steps, sampler, eta, priority, timeout_ms, label, interpolate_to_seed, guidance
         )
-        request = dataclasses.replace(request, first_index=first_index)
+        request = dataclasses.replace(
+            request,
+            first_index=first_index,
+            temperature=temperature,
+            truncation=truncation,
+            mix_seed=mix_seed,
+            mix_layer=mix_layer,
+        )
         responses = self._generate_split(request, convert.ImageEncoding.RAW, progress)
         return np.concatenate([convert.images_from_response(r) for r in responses])
 
@@ -122,12 +135,23 @@ class GenserveClient:
         guidance: float | None = None,
         first_index: int = 0,
         progress: Callable[[int], object] | None = None,
+        temperature: float | None = None,
+        truncation: float | None = None,
+        mix_seed: int | None = None,
+        mix_layer: int | None = None,
     ) -> list[bytes]:
         """Like ``generate``, but the images come back as PNG files (bytes), one per image."""
         request = _request(
             model, num_images, seed, steps, sampler, eta, priority, timeout_ms, label, interpolate_to_seed, guidance
         )
-        request = dataclasses.replace(request, first_index=first_index)
+        request = dataclasses.replace(
+            request,
+            first_index=first_index,
+            temperature=temperature,
+            truncation=truncation,
+            mix_seed=mix_seed,
+            mix_layer=mix_layer,
+        )
         responses = self._generate_split(request, convert.ImageEncoding.PNG, progress)
         return [png for r in responses for png in convert.pngs_from_response(r)]
 
@@ -198,6 +222,28 @@ class GenserveClient:
         ]
         return self._in_order(self._stub.Translate, messages, progress)
 
+    def log_likelihood(
+        self,
+        model: str,
+        images: np.ndarray,
+        priority: int = 0,
+        timeout_ms: int | None = None,
+        progress: Callable[[int], object] | None = None,
+    ) -> np.ndarray:
+        """Bits per dimension of each image under ``model`` (a model with ``ModelInfo.likelihood``):
+        float32 (N,). ``images``: uint8 (N, H, W) or (N, H, W, C) of the model's image shape; any
+        number, split into requests within the model's limit as ``translate`` does."""
+        messages = [
+            convert.likelihood_request_to_proto(
+                model, images[start:stop], priority, None if timeout_ms is None else timeout_ms / 1000.0
+            )
+            for start, stop in self._parts(model, len(images))
+        ]
+        responses = self._in_order(self._stub.LogLikelihood, messages, None)
+        if progress is not None:
+            progress(len(images))
+        return np.concatenate([convert.bits_per_dim_from_response(r) for r in responses])
+
     def _parts(self, model: str, n: int) -> list[tuple[int, int]]:
         """[start, stop) ranges of ``n`` images within the model's per-request limit. The limit is
         asked once per model (ListModels); an unknown model goes whole, for the server to name."""
@@ -244,6 +290,10 @@ class GenserveClient:
         label: int | None = None,
         interpolate_to_seed: int | None = None,
         guidance: float | None = None,
+        temperature: float | None = None,
+        truncation: float | None = None,
+        mix_seed: int | None = None,
+        mix_layer: int | None = None,
     ) -> Iterator[StreamEvent]:
         """Progress of a generation as it runs; the last event carries the images (uint8 (N, H, W, C)).
         Closing the iterator early cancels the call, and the server stops the work within a step."""
@@ -257,6 +307,9 @@ class GenserveClient:
             label=label,
             interpolate_to_seed=interpolate_to_seed,
             guidance=guidance,
+        )
+        request = dataclasses.replace(
+            request, temperature=temperature, truncation=truncation, mix_seed=mix_seed, mix_layer=mix_layer
         )
         msg = convert.generate_stream_request_to_proto(request, convert.ImageEncoding.RAW, preview_every)
         call = self._stub.GenerateStream(msg, timeout=self.timeout)

@@ -2,6 +2,8 @@
 
     models/<name>/manifest.json   what the model is and how to drive it (this module)
     models/<name>/model.onnx      the graph, dynamic batch axis
+    models/<name>/<graph>.onnx    more graphs of the same model, listed in ``graphs`` (a flow's
+                                  likelihood, a latent diffusion model's decoder)
     models/<name>/weights/        PyTorch checkpoint (safetensors + config) for the torch backend
     models/<name>/engines/        TensorRT engines built from model.onnx, keyed by cache key
 
@@ -49,6 +51,35 @@ class DiffusionSpec:
 
 
 @dataclass(frozen=True)
+class ExtraGraph:
+    """A second graph of a model folder: its file, the checkpoint view it was cut from, its signature."""
+
+    file: str
+    view: str
+    signature: Signature
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "view": self.view,
+            "inputs": [s.to_json() for s in self.signature.inputs],
+            "outputs": [s.to_json() for s in self.signature.outputs],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ExtraGraph:
+        signature = Signature(
+            tuple(TensorSpec.from_json(s) for s in d["inputs"]), tuple(TensorSpec.from_json(s) for s in d["outputs"])
+        )
+        return cls(str(d["file"]), str(d["view"]), signature)
+
+
+# The names of the extra graphs serving knows what to do with.
+LIKELIHOOD_GRAPH = "likelihood"  # image -> bits per dimension (LogLikelihood)
+DECODER_GRAPH = "decoder"  # a latent diffusion model's latent -> image, run as each image finishes
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     kind: ModelKind
@@ -63,6 +94,11 @@ class Manifest:
     input_shape: tuple[int, int, int] | None = None  # TRANSLATOR: (C, H, W) of the images it takes
     input_description: str = ""  # TRANSLATOR: how an input image is made (e.g. the exact edge-map recipe)
     diffusion: DiffusionSpec | None = None  # DIFFUSION: the schedule the step graph was trained with
+    # The sampling temperature a request without one gets; None = the model takes no temperature.
+    # AUTOREGRESSIVE: the logits are divided by it; a flow SAMPLER: z is multiplied by it.
+    default_temperature: float | None = None
+    style_layers: int | None = None  # style-based SAMPLER: synthesis layers (a mix layer is in [0, this])
+    graphs: dict[str, ExtraGraph] = field(default_factory=dict)  # name -> more graphs of the folder
     metrics: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
     source: dict[str, Any] = field(default_factory=dict)  # checkpoint, training step, command
@@ -89,6 +125,12 @@ class Manifest:
             d["input_description"] = self.input_description
         if self.diffusion is not None:
             d["diffusion"] = {k: v for k, v in self.diffusion.__dict__.items() if v is not None}
+        if self.default_temperature is not None:
+            d["default_temperature"] = self.default_temperature
+        if self.style_layers is not None:
+            d["style_layers"] = self.style_layers
+        if self.graphs:
+            d["graphs"] = {name: g.to_json() for name, g in self.graphs.items()}
         d.update(metrics=self.metrics, files=self.files, source=self.source)
         return d
 
@@ -123,8 +165,13 @@ class Manifest:
             problems.append("a sampler model needs 'latent_dim'")
         if d.get("kind") == ModelKind.TRANSLATOR.value and "input_shape" not in d:
             problems.append("a translator model needs 'input_shape'")
+        if d.get("kind") == ModelKind.AUTOREGRESSIVE.value and "default_temperature" not in d:
+            problems.append("an autoregressive model needs 'default_temperature'")
         if not (folder / ONNX_FILE).is_file():
             problems.append(f"{ONNX_FILE} not found")
+        for name, graph in d.get("graphs", {}).items():
+            if not isinstance(graph, dict) or not (folder / str(graph.get("file", ""))).is_file():
+                problems.append(f"graph {name!r}: its file is not in the folder")
         if verify_hashes:
             for rel, digest in d.get("files", {}).items():
                 f = folder / rel
@@ -152,6 +199,9 @@ class Manifest:
                 input_shape=tuple(int(x) for x in d["input_shape"]) if "input_shape" in d else None,
                 input_description=d.get("input_description", ""),
                 diffusion=DiffusionSpec(**d["diffusion"]) if "diffusion" in d else None,
+                default_temperature=d.get("default_temperature"),
+                style_layers=d.get("style_layers"),
+                graphs={name: ExtraGraph.from_json(g) for name, g in d.get("graphs", {}).items()},
                 metrics=d.get("metrics", {}),
                 files=d.get("files", {}),
                 source=d.get("source", {}),

@@ -18,6 +18,12 @@ class ModelKind(enum.Enum):
     SAMPLER = "sampler"  # latent (and label) -> image, one forward pass
     TRANSLATOR = "translator"  # image -> image, one forward pass
     DIFFUSION = "diffusion"  # one fused denoising step, called once per timestep
+    AUTOREGRESSIVE = "autoregressive"  # one fused "sample the next pixel" step, called once per pixel
+
+    @property
+    def iterative(self) -> bool:
+        """Served by the step-level scheduler: a step graph called once per step, on slots."""
+        return self in (ModelKind.DIFFUSION, ModelKind.AUTOREGRESSIVE)
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,10 @@ class Signature:
             shape = spec.concrete(batch)
             if spec.name == "label":
                 feeds[spec.name] = rng.integers(0, 10, size=shape, dtype=np.int64)
+            elif spec.name == "mix_layer":
+                feeds[spec.name] = rng.integers(0, 8, size=shape, dtype=np.int64)
+            elif spec.name == "psi":
+                feeds[spec.name] = rng.uniform(0.0, 1.0, size=shape).astype(np.float32)
             elif spec.name == "guidance":
                 feeds[spec.name] = rng.uniform(0.0, 5.0, size=shape).astype(np.float32)
             elif spec.dtype == "int64":
@@ -85,9 +95,15 @@ def _sample_coefficients(rng: np.random.Generator, batch: int) -> np.ndarray:
     return np.stack(rows).astype(np.float32)
 
 
-def diffusion_step_signature(image_shape: tuple[int, int, int], num_classes: int | None = None) -> Signature:
+# The inputs every step graph takes first, in this order; the ones after them are the slot's
+# conditioning (class label, guidance scale), kept per slot by the slot state.
+STEP_INPUTS = ("x", "t", "coef", "noise")
+
+
+def diffusion_step_signature(image_shape: tuple[int, ...], num_classes: int | None = None) -> Signature:
     """x_t, t, per-slot coefficients and noise -> x_{t-1}; a class-conditional (guided) step also
-    takes an int64 label and a float32 classifier-free guidance scale per slot."""
+    takes an int64 label and a float32 classifier-free guidance scale per slot. ``image_shape``
+    is the shape of the diffused state: an image, or a latent vector (latent diffusion)."""
     img = (BATCH, *image_shape)
     inputs = (
         TensorSpec("x", "float32", img),
@@ -115,4 +131,60 @@ def translator_signature(input_shape: tuple[int, int, int], image_shape: tuple[i
     return Signature(
         inputs=(TensorSpec("source", "float32", (BATCH, *input_shape)),),
         outputs=(TensorSpec("image", "float32", (BATCH, *image_shape)),),
+    )
+
+
+def autoregressive_step_signature(image_shape: tuple[int, int, int], num_classes: int | None = None) -> Signature:
+    """One pixel of an autoregressive model (PixelCNN), in the step graphs' contract:
+
+    - ``x`` (B, C, H, W) float32: the image so far in [-1, 1] (pixels at and after ``t`` are ignored);
+    - ``t`` (B,) int64: the position this step samples, row-major over (H, W), all channels at once;
+    - ``coef`` (B, 6) float32: column 0 is 1 / temperature (the logits are multiplied by it);
+    - ``noise`` (B, C, H, W) float32: counter-based Gaussian noise; the pixel's uniform draw is
+      Phi(noise at position t), so the sample is batch-invariant;
+    - ``label`` (B,) int64 for a class-conditional model;
+    -> ``x_next`` (B, C, H, W): ``x`` with position ``t`` set to the sampled level and later
+    positions zeroed."""
+    img = (BATCH, *image_shape)
+    inputs = (
+        TensorSpec("x", "float32", img),
+        TensorSpec("t", "int64", (BATCH,)),
+        TensorSpec("coef", "float32", (BATCH, len(schedule.COEF_COLUMNS))),
+        TensorSpec("noise", "float32", img),
+    )
+    if num_classes is not None:
+        inputs += (TensorSpec("label", "int64", (BATCH,)),)
+    return Signature(inputs=inputs, outputs=(TensorSpec("x_next", "float32", img),))
+
+
+def style_sampler_signature(latent_dim: int, image_shape: tuple[int, int, int]) -> Signature:
+    """A style-based generator (StyleGAN) with per-image truncation and style mixing:
+    z (B, D), psi (B,) float32 (w <- w_avg + psi (w - w_avg); 1 = no truncation), mix_z (B, D) (a
+    second latent) and mix_layer (B,) int64 (synthesis layers from this one on take mix_z's w;
+    >= the number of layers: no mixing) -> image in [-1, 1]."""
+    return Signature(
+        inputs=(
+            TensorSpec("z", "float32", (BATCH, latent_dim)),
+            TensorSpec("psi", "float32", (BATCH,)),
+            TensorSpec("mix_z", "float32", (BATCH, latent_dim)),
+            TensorSpec("mix_layer", "int64", (BATCH,)),
+        ),
+        outputs=(TensorSpec("image", "float32", (BATCH, *image_shape)),),
+    )
+
+
+def decoder_signature(latent_dim: int, image_shape: tuple[int, int, int]) -> Signature:
+    """latent (B, D) -> image in [-1, 1]: the decoder a latent diffusion model's slots finish through."""
+    return Signature(
+        inputs=(TensorSpec("latent", "float32", (BATCH, latent_dim)),),
+        outputs=(TensorSpec("image", "float32", (BATCH, *image_shape)),),
+    )
+
+
+def likelihood_signature(image_shape: tuple[int, int, int]) -> Signature:
+    """image in [-1, 1] (B, C, H, W), uint8 levels v / 127.5 - 1 -> bits_per_dim (B,) float32: the
+    model's negative log-likelihood of the discrete image in bits per pixel value."""
+    return Signature(
+        inputs=(TensorSpec("image", "float32", (BATCH, *image_shape)),),
+        outputs=(TensorSpec("bits_per_dim", "float32", (BATCH,)),),
     )

@@ -24,7 +24,7 @@ from PIL import Image as PILImage
 
 from genserve import images
 from genserve.schedule import Sampler
-from genserve.serving.domain import GenerateRequest, ModelInfo, TranslateRequest
+from genserve.serving.domain import GenerateRequest, LikelihoodRequest, ModelInfo, TranslateRequest
 from genserve.serving.errors import InvalidArgument
 from genserve.serving.pb import genserve_pb2 as pb
 from genserve.signature import ModelKind
@@ -53,6 +53,7 @@ _KIND = {
     ModelKind.SAMPLER: pb.MODEL_KIND_SAMPLER,
     ModelKind.TRANSLATOR: pb.MODEL_KIND_TRANSLATOR,
     ModelKind.DIFFUSION: pb.MODEL_KIND_DIFFUSION,
+    ModelKind.AUTOREGRESSIVE: pb.MODEL_KIND_AUTOREGRESSIVE,
 }
 _SAMPLER = {Sampler.DDPM: pb.SAMPLER_DDPM, Sampler.DDIM: pb.SAMPLER_DDIM}
 _ENCODING = {
@@ -102,6 +103,10 @@ def generate_request_from_proto(msg: pb.GenerateRequest) -> tuple[GenerateReques
         interpolate_to_seed=msg.interpolate_to_seed if msg.HasField("interpolate_to_seed") else None,
         guidance=float(msg.guidance) if msg.HasField("guidance") else None,
         first_index=msg.first_index,
+        temperature=float(msg.temperature) if msg.HasField("temperature") else None,
+        truncation=float(msg.truncation) if msg.HasField("truncation") else None,
+        mix_seed=msg.mix_seed if msg.HasField("mix_seed") else None,
+        mix_layer=msg.mix_layer if msg.HasField("mix_layer") else None,
     )
     encoding = _enum_from_pb(_ENCODING_FROM_PB, msg.encoding, "encoding", pb.ImageEncoding)
     return request, encoding
@@ -170,6 +175,9 @@ def generate_request_to_proto(
         msg.interpolate_to_seed = request.interpolate_to_seed
     if request.guidance is not None:
         msg.guidance = request.guidance
+    for field in ("temperature", "truncation", "mix_seed", "mix_layer"):
+        if getattr(request, field) is not None:
+            setattr(msg, field, getattr(request, field))
     return msg
 
 
@@ -183,18 +191,44 @@ _PNG_MODES = {"1": "L", "L": "L", "LA": "LA", "P": "RGB", "RGB": "RGB", "RGBA": 
 
 def translate_request_from_proto(msg: pb.TranslateRequest) -> tuple[TranslateRequest, ImageEncoding]:
     """Wire request -> domain request (images decoded to uint8 (H, W, C)) and the response encoding."""
+    request = TranslateRequest(msg.model, _input_images(msg), priority=msg.priority, timeout=_timeout_from_proto(msg))
+    return request, _enum_from_pb(_ENCODING_FROM_PB, msg.encoding, "encoding", pb.ImageEncoding)
+
+
+def _input_images(msg: pb.TranslateRequest | pb.LogLikelihoodRequest) -> tuple[np.ndarray, ...]:
+    """The model name is set, and the images of a request carrying them as PNGs or one raw tensor."""
     if not msg.model:
         raise InvalidArgument("model must be set to a name from ListModels")
     if msg.pngs and msg.HasField("raw"):
         raise InvalidArgument("set either pngs or raw, not both")
     if msg.pngs:
-        pixels = tuple(_png_pixels(data, i) for i, data in enumerate(msg.pngs))
-    elif msg.HasField("raw"):
-        pixels = _raw_images(tensor_from_proto(msg.raw))
-    else:
-        raise InvalidArgument("no images: set pngs (PNG files) or raw (a uint8 tensor (N, H, W) or (N, H, W, C))")
-    request = TranslateRequest(msg.model, pixels, priority=msg.priority, timeout=_timeout_from_proto(msg))
-    return request, _enum_from_pb(_ENCODING_FROM_PB, msg.encoding, "encoding", pb.ImageEncoding)
+        return tuple(_png_pixels(data, i) for i, data in enumerate(msg.pngs))
+    if msg.HasField("raw"):
+        return _raw_images(tensor_from_proto(msg.raw))
+    raise InvalidArgument("no images: set pngs (PNG files) or raw (a uint8 tensor (N, H, W) or (N, H, W, C))")
+
+
+def likelihood_request_from_proto(msg: pb.LogLikelihoodRequest) -> LikelihoodRequest:
+    return LikelihoodRequest(msg.model, _input_images(msg), priority=msg.priority, timeout=_timeout_from_proto(msg))
+
+
+def likelihood_request_to_proto(
+    model: str, raw: np.ndarray, priority: int = 0, timeout: float | None = None
+) -> pb.LogLikelihoodRequest:
+    """uint8 images (N, H, W) or (N, H, W, C) as one raw tensor."""
+    msg = pb.LogLikelihoodRequest(model=model, priority=priority)
+    msg.raw.CopyFrom(tensor_to_proto(raw))
+    if timeout is not None:
+        msg.timeout_ms = max(1, round(timeout * 1000))
+    return msg
+
+
+def likelihood_response_to_proto(model: str, bits_per_dim: np.ndarray) -> pb.LogLikelihoodResponse:
+    return pb.LogLikelihoodResponse(model=model, bits_per_dim=np.asarray(bits_per_dim, np.float32).tolist())
+
+
+def bits_per_dim_from_response(msg: pb.LogLikelihoodResponse) -> np.ndarray:
+    return np.asarray(msg.bits_per_dim, dtype=np.float32)
 
 
 def translate_request_to_proto(
@@ -267,6 +301,8 @@ def tensor_from_proto(msg: pb.Tensor) -> np.ndarray:
     expected = math.prod(shape) * dtype.itemsize  # Python ints: a product past int64 must not wrap to 0
     if len(msg.data) != expected:
         raise InvalidArgument(f"tensor of {dtype} {list(shape)} needs {expected} bytes, got {len(msg.data)}")
+    if math.prod(max(d, 1) for d in shape) * dtype.itemsize > np.iinfo(np.intp).max:  # empty, but NumPy cannot shape it
+        raise InvalidArgument(f"tensor shape {list(shape)} is too large")
     return np.frombuffer(msg.data, dtype=dtype).reshape(shape)
 
 
@@ -327,6 +363,11 @@ def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
         num_classes=info.num_classes or 0,
         latent_dim=info.latent_dim or 0,
         input_description=info.input_description,
+        default_temperature=info.default_temperature,
+        style_layers=info.style_layers or 0,
+        log_likelihood=info.likelihood,
+        num_steps=info.num_steps or 0,
+        request_fields=info.request_fields,
     )
     if info.input_shape is not None:
         msg.input_shape.CopyFrom(_image_shape_to_proto(info.input_shape))
@@ -363,6 +404,10 @@ def model_info_from_proto(msg: pb.ModelInfo) -> ModelInfo:
         latent_dim=msg.latent_dim or None,
         input_shape=_image_shape_from_proto(msg.input_shape) if msg.HasField("input_shape") else None,
         input_description=msg.input_description,
+        default_temperature=msg.default_temperature if msg.HasField("default_temperature") else None,
+        style_layers=msg.style_layers or None,
+        likelihood=msg.log_likelihood,
+        num_steps=msg.num_steps or None,
     )
 
 

@@ -35,7 +35,7 @@ from genserve.serving.config import ModelSettings
 from genserve.serving.domain import GenerateRequest
 from genserve.serving.errors import DeadlineExceeded, InternalError, ServingError
 from genserve.serving.metrics import Metrics, ModelMetrics
-from genserve.serving.runner import DiffusionPlan, ModelRunner
+from genserve.serving.runner import ModelRunner, StepPlan
 from genserve.serving.stepping import JoinPolicy, Slot, plan_iteration
 from genserve.serving.tracing import CallTrace
 
@@ -57,7 +57,7 @@ class Progress:
 class _Request:
     id: int
     request: GenerateRequest
-    plan: DiffusionPlan
+    plan: StepPlan
     priority: int
     arrival: float
     deadline: float | None

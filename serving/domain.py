@@ -28,6 +28,10 @@ class GenerateRequest:
     interpolate_to_seed: int | None = None  # samplers only: num_images frames from seed's to this seed's latent
     guidance: float | None = None  # class-conditional diffusion only; None = the model's default
     first_index: int = 0  # image i of the request is image first_index + i of the seed
+    temperature: float | None = None  # autoregressive models and flows only; None = the model's default
+    truncation: float | None = None  # style-based models only: psi; None = 1 (no truncation)
+    mix_seed: int | None = None  # style-based models only: the seed whose styles the later layers take
+    mix_layer: int | None = None  # style-based models only: the first layer with mix_seed's styles
 
     def indices(self, start: int, stop: int):
         """The seed's image indices of the request's images [start, stop)."""
@@ -49,7 +53,21 @@ class TranslateRequest:
         return len(self.images)
 
 
-Request = GenerateRequest | TranslateRequest  # what a one-pass model's scheduler and runner take
+@dataclass(frozen=True, eq=False)
+class LikelihoodRequest:
+    """Images whose likelihood a model with one (a flow) computes, each uint8 (H, W, C)."""
+
+    model: str
+    images: tuple[np.ndarray, ...]
+    priority: int = 0  # as GenerateRequest
+    timeout: float | None = None  # as GenerateRequest
+
+    @property
+    def num_images(self) -> int:
+        return len(self.images)
+
+
+Request = GenerateRequest | TranslateRequest | LikelihoodRequest  # what a one-pass scheduler and runner take
 
 
 @dataclass(frozen=True)
@@ -78,6 +96,29 @@ class ModelInfo:
     latent_dim: int | None = None  # samplers only
     input_shape: tuple[int, int, int] | None = None  # translators only: (C, H, W) of each input image
     input_description: str = ""  # translators only: how an input image is made
+    default_temperature: float | None = None  # models that take a sampling temperature
+    style_layers: int | None = None  # style-based models: mix_layer is in [0, style_layers]
+    likelihood: bool = False  # LogLikelihood works on this model
+    num_steps: int | None = None  # autoregressive models: steps (pixels) per image
+
+    @property
+    def request_fields(self) -> tuple[str, ...]:
+        """The GenerateRequest (or Translate / LogLikelihood) fields this model takes beyond the
+        model name, image count, priority and timeout: what ``genserve models`` lists."""
+        if self.kind is ModelKind.TRANSLATOR:
+            return ("images",)
+        fields = ["seed", "first_index"]
+        if self.num_classes is not None:
+            fields.append("label")
+        if self.kind is ModelKind.DIFFUSION:
+            fields += ["steps", "sampler", "eta"] + (["guidance"] if self.num_classes is not None else [])
+        if self.kind is ModelKind.SAMPLER:
+            fields.append("interpolate_to_seed")
+        if self.default_temperature is not None:
+            fields.append("temperature")
+        if self.style_layers is not None:
+            fields += ["truncation", "mix_seed", "mix_layer"]
+        return tuple(fields)
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, max_images: int) -> ModelInfo:
@@ -99,4 +140,10 @@ class ModelInfo:
             latent_dim=manifest.latent_dim,
             input_shape=manifest.input_shape,
             input_description=manifest.input_description,
+            default_temperature=manifest.default_temperature,
+            style_layers=manifest.style_layers,
+            likelihood="likelihood" in manifest.graphs,
+            num_steps=manifest.image_shape[1] * manifest.image_shape[2]
+            if manifest.kind is ModelKind.AUTOREGRESSIVE
+            else None,
         )

@@ -21,7 +21,7 @@ import numpy as np
 from genserve.manifest import ONNX_FILE, WEIGHTS_DIR, Manifest
 from genserve.serving.config import Backend, EngineOptions
 from genserve.serving.errors import Unavailable
-from genserve.signature import ModelKind, Signature
+from genserve.signature import Signature
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,35 @@ def end_profiling(engines: Iterable[Engine]) -> list[Path]:
     return written
 
 
+def create_graph_engine(
+    folder: Path,
+    manifest: Manifest,
+    name: str,
+    backend: Backend,
+    intra_op_threads: int = 0,
+    options: EngineOptions | None = None,
+) -> Engine:
+    """An engine for the folder's extra graph ``name`` (``Manifest.graphs``): the torch backends cut
+    it from the checkpoint by its view; the others run its ONNX file in ONNX Runtime (TensorRT
+    engines are built for ``model.onnx`` only, and these graphs are small or run once per image)."""
+    options = options or EngineOptions()
+    graph = manifest.graphs[name]
+    if backend in (Backend.TORCH, Backend.CUDA):
+        from genserve.serving.torch_engine import TorchEngine
+
+        return TorchEngine(
+            folder / WEIGHTS_DIR,
+            graph.signature,
+            manifest.max_batch_size,
+            graph.view,
+            device=options.device or ("cuda" if backend is Backend.CUDA else "cpu"),
+            precision=options.precision,
+            cuda_graphs=False,
+            compile=False,
+        )
+    return OnnxRuntimeEngine(folder / graph.file, graph.signature, manifest.max_batch_size, intra_op_threads)
+
+
 def create_engine(
     folder: Path,
     manifest: Manifest,
@@ -169,7 +198,7 @@ def create_engine(
             cuda_graphs=cuda and options.cuda_graphs,
             compile=options.compile,
         )
-        if manifest.kind is not ModelKind.DIFFUSION:  # a diffusion model's graphs belong to its slot states
+        if not manifest.kind.iterative:  # an iterative model's graphs belong to its slot states
             engine.capture_buckets()
         log.info(
             "%s on %s (%s): loaded in %.2f s, %d CUDA graph(s) captured in %.2f s",

@@ -37,7 +37,7 @@ from tritonclient.grpc import service_pb2_grpc
 from genserve.serving import calls
 from genserve.serving import kserve_contract as contract
 from genserve.serving.config import ServerConfig
-from genserve.serving.domain import ModelInfo
+from genserve.serving.domain import LikelihoodRequest, ModelInfo
 from genserve.serving.errors import NotFound, ServingError
 from genserve.serving.interceptors import Admission
 from genserve.serving.kserve_stats import InferStats
@@ -170,6 +170,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         try:
             call = contract.infer_call_from_proto(request, info)
             calls.name(info.name, len(call.rows))
+            if call.rows and isinstance(call.rows[0], LikelihoodRequest):
+                scheduler = self._registry.likelihood_scheduler(info.name)
             images = await _gather([scheduler.submit(row, deadline) for row in call.rows])
         except BaseException:  # cancellations too: the call did not succeed
             stats.failed(started)

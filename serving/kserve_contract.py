@@ -18,6 +18,14 @@ image, and each row is submitted as its own one-image request):
     input  GUIDANCE    FP32   dims [1]          class-conditional diffusion only, optional; the
                                                 classifier-free guidance scale of row r; absent =
                                                 the model's default
+    input  TEMPERATURE FP32   dims [1]          autoregressive models and flows only, optional;
+                                                the sampling temperature of row r
+    input  TRUNCATION  FP32   dims [1]          style-based models only, optional: psi of row r
+    input  MIX_SEED    INT64  dims [1]          style-based models only, optional: style mixing
+    input  MIX_LAYER   INT32  dims [1]          style-based models only, optional (with MIX_SEED)
+    models with a likelihood (flows): SEED is optional, and instead of it a call may send
+    input  SOURCE      UINT8  dims [H, W, C]    an image per row, whose likelihood is returned as
+    output BITS_PER_DIM FP32  dims [1]          -log2 p(image) / (H W C), the default output then
     translators
     input  SOURCE      UINT8  dims [h, w, c]    required; the model's input image (input_shape)
     every model
@@ -25,7 +33,8 @@ image, and each row is submitted as its own one-image request):
     output IMAGE_FP32  FP32   dims [H, W, C]    only when named: IMAGE / 255, for float pipelines
 
 Row r of IMAGE is byte for byte image 0 of genserve's own ``Generate(model, num_images=1,
-seed=SEED[r], steps=STEPS, label=LABEL[r], guidance=GUIDANCE[r])``, or of ``Translate(model, [SOURCE[r]])``. The rows
+seed=SEED[r], steps=STEPS, label=LABEL[r], guidance=GUIDANCE[r], ...)``, or of ``Translate(model,
+[SOURCE[r]])``; row r of BITS_PER_DIM is ``LogLikelihood(model, [SOURCE[r]])``'s. The rows
 are submitted concurrently, so the dynamic batcher (one-pass models) or the step scheduler
 (diffusion) batches them with each other and with every other client's work; each row counts
 against the model's ``max_queue_size``. The call's gRPC deadline bounds every row, and the
@@ -42,6 +51,7 @@ supported.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Iterable
@@ -56,7 +66,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 
 from genserve.serving.config import ServerConfig
-from genserve.serving.domain import GenerateRequest, ModelInfo, Request, TranslateRequest
+from genserve.serving.domain import GenerateRequest, LikelihoodRequest, ModelInfo, Request, TranslateRequest
 from genserve.serving.errors import InvalidArgument
 from genserve.serving.kserve_stats import InferStats
 from genserve.serving.metrics import Totals
@@ -66,7 +76,8 @@ SERVER_NAME = "genserve"
 # Triton protocol extensions genserve implements in full: the ModelConfig and ModelStatistics RPCs.
 EXTENSIONS = ("model_configuration", "statistics")
 SEED, STEPS, LABEL, GUIDANCE, SOURCE = "SEED", "STEPS", "LABEL", "GUIDANCE", "SOURCE"
-IMAGE, IMAGE_FP32 = "IMAGE", "IMAGE_FP32"
+TEMPERATURE, TRUNCATION, MIX_SEED, MIX_LAYER = "TEMPERATURE", "TRUNCATION", "MIX_SEED", "MIX_LAYER"
+IMAGE, IMAGE_FP32, BITS_PER_DIM = "IMAGE", "IMAGE_FP32", "BITS_PER_DIM"
 READY = "READY"
 
 
@@ -92,38 +103,62 @@ _SEED = TensorSpec(SEED, "INT64", mc.TYPE_INT64, np.dtype("<i8"), "int64_content
 _STEPS = TensorSpec(STEPS, "INT32", mc.TYPE_INT32, np.dtype("<i4"), "int_contents", optional=True)
 _LABEL = TensorSpec(LABEL, "INT32", mc.TYPE_INT32, np.dtype("<i4"), "int_contents", optional=True)
 _GUIDANCE = TensorSpec(GUIDANCE, "FP32", mc.TYPE_FP32, np.dtype("<f4"), "fp32_contents", optional=True)
+_TEMPERATURE = TensorSpec(TEMPERATURE, "FP32", mc.TYPE_FP32, np.dtype("<f4"), "fp32_contents", optional=True)
+_STYLE = (
+    TensorSpec(TRUNCATION, "FP32", mc.TYPE_FP32, np.dtype("<f4"), "fp32_contents", optional=True),
+    TensorSpec(MIX_SEED, "INT64", mc.TYPE_INT64, np.dtype("<i8"), "int64_contents", optional=True),
+    TensorSpec(MIX_LAYER, "INT32", mc.TYPE_INT32, np.dtype("<i4"), "int_contents", optional=True),
+)
+_BITS_PER_DIM = TensorSpec(BITS_PER_DIM, "FP32", mc.TYPE_FP32, np.dtype("<f4"))
 
 
 def input_specs(info: ModelInfo) -> tuple[TensorSpec, ...]:
-    return _input_specs(info.kind, info.num_classes, info.input_shape)
+    options = (info.default_temperature is not None, info.style_layers is not None, info.likelihood)
+    return _input_specs(info.kind, info.num_classes, info.input_shape or info.image_shape, *options)
 
 
 def output_specs(info: ModelInfo) -> tuple[TensorSpec, ...]:
-    """IMAGE, then IMAGE_FP32: per-row dims [H, W, C] (genserve images are HWC; image_shape is CHW)."""
-    return _output_specs(info.image_shape)
+    """IMAGE, then IMAGE_FP32: per-row dims [H, W, C] (genserve images are HWC; image_shape is CHW);
+    then BITS_PER_DIM for a model with a likelihood."""
+    return _output_specs(info.image_shape, info.likelihood)
 
 
 # Cached: every ModelInfer needs them, and building them was a tenth of a small call's Python time.
 @functools.cache
 def _input_specs(
-    kind: ModelKind, num_classes: int | None, input_shape: tuple[int, int, int] | None
+    kind: ModelKind,
+    num_classes: int | None,
+    input_shape: tuple[int, int, int],
+    temperature: bool = False,
+    style: bool = False,
+    likelihood: bool = False,
 ) -> tuple[TensorSpec, ...]:
+    c, h, w = input_shape
+    source = TensorSpec(
+        SOURCE, "UINT8", mc.TYPE_UINT8, np.dtype(np.uint8), "uint_contents", optional=likelihood, dims=(h, w, c)
+    )
     if kind is ModelKind.TRANSLATOR:
-        c, h, w = input_shape
-        return (TensorSpec(SOURCE, "UINT8", mc.TYPE_UINT8, np.dtype(np.uint8), "uint_contents", dims=(h, w, c)),)
-    specs = (_SEED, _STEPS) if kind is ModelKind.DIFFUSION else (_SEED,)
+        return (source,)
+    seed = dataclasses.replace(_SEED, optional=True) if likelihood else _SEED  # SEED or SOURCE
+    specs = (seed, _STEPS) if kind is ModelKind.DIFFUSION else (seed,)
     if num_classes is not None:
         specs += (_LABEL, _GUIDANCE) if kind is ModelKind.DIFFUSION else (_LABEL,)
+    if temperature:
+        specs += (_TEMPERATURE,)
+    if style:
+        specs += _STYLE
+    if likelihood:
+        specs += (source,)
     return specs
 
 
 @functools.cache
-def _output_specs(image_shape: tuple[int, int, int]) -> tuple[TensorSpec, ...]:
+def _output_specs(image_shape: tuple[int, int, int], likelihood: bool = False) -> tuple[TensorSpec, ...]:
     c, h, w = image_shape
     return (
         TensorSpec(IMAGE, "UINT8", mc.TYPE_UINT8, np.dtype(np.uint8), dims=(h, w, c)),
         TensorSpec(IMAGE_FP32, "FP32", mc.TYPE_FP32, np.dtype("<f4"), dims=(h, w, c)),
-    )
+    ) + ((_BITS_PER_DIM,) if likelihood else ())
 
 
 def platform(config: ServerConfig) -> str:
@@ -229,10 +264,21 @@ def infer_call_from_proto(msg: pb.ModelInferRequest, info: ModelInfo) -> InferCa
     request per row; InvalidArgument naming the problem and what is allowed."""
     values = _inputs(msg, info)
     timeout = _timeout(msg)
-    outputs = requested_outputs(msg, info)
     model = info.name
     if info.kind is ModelKind.TRANSLATOR:
+        outputs = requested_outputs(msg, info)
         return InferCall(tuple(TranslateRequest(model, (image,), timeout=timeout) for image in values[SOURCE]), outputs)
+    if info.likelihood:
+        if (SEED in values) == (SOURCE in values):
+            raise InvalidArgument(
+                f"model {model} takes either {SEED} (to generate IMAGE) or {SOURCE} (images whose "
+                f"{BITS_PER_DIM} to compute), exactly one of them"
+            )
+        if SOURCE in values:
+            outputs = requested_outputs(msg, info, default=BITS_PER_DIM, allowed=(BITS_PER_DIM,))
+            rows = tuple(LikelihoodRequest(model, (image,), timeout=timeout) for image in values[SOURCE])
+            return InferCall(rows, outputs)
+    outputs = requested_outputs(msg, info, allowed=(IMAGE, IMAGE_FP32))
     steps = None
     if STEPS in values:
         column = values[STEPS][:, 0]
@@ -240,11 +286,21 @@ def infer_call_from_proto(msg: pb.ModelInferRequest, info: ModelInfo) -> InferCa
             raise InvalidArgument(f"input {STEPS} must be the same on every row, got {column.tolist()}")
         steps = int(column[0])
     unset = [None] * len(values[SEED])
-    labels = values[LABEL][:, 0].tolist() if LABEL in values else unset
-    guidances = values[GUIDANCE][:, 0].tolist() if GUIDANCE in values else unset
+
+    def column(name: str) -> list:
+        return values[name][:, 0].tolist() if name in values else unset
+
+    fields = {
+        "label": column(LABEL),
+        "guidance": column(GUIDANCE),
+        "temperature": column(TEMPERATURE),
+        "truncation": column(TRUNCATION),
+        "mix_seed": column(MIX_SEED),
+        "mix_layer": column(MIX_LAYER),
+    }
     rows = tuple(
-        GenerateRequest(model, 1, seed=int(seed), steps=steps, label=label, guidance=guidance, timeout=timeout)
-        for seed, label, guidance in zip(values[SEED][:, 0].tolist(), labels, guidances, strict=True)
+        GenerateRequest(model, 1, seed=int(seed), steps=steps, timeout=timeout, **{k: v[r] for k, v in fields.items()})
+        for r, seed in enumerate(values[SEED][:, 0].tolist())
     )
     return InferCall(rows, outputs)
 
@@ -259,17 +315,24 @@ def _timeout(msg: pb.ModelInferRequest) -> float | None:
     return param.int64_param / 1e6 or None
 
 
-def requested_outputs(msg: pb.ModelInferRequest, info: ModelInfo) -> tuple[TensorSpec, ...]:
-    """The outputs to return, in the order asked (IMAGE when none is named); InvalidArgument for
-    an output the model does not have."""
+def requested_outputs(
+    msg: pb.ModelInferRequest, info: ModelInfo, default: str = IMAGE, allowed: tuple[str, ...] | None = None
+) -> tuple[TensorSpec, ...]:
+    """The outputs to return, in the order asked (``default`` when none is named); InvalidArgument
+    for an output the model does not have, or one this call's inputs do not make (``allowed``)."""
     specs = {s.name: s for s in output_specs(info)}
     if not msg.outputs:
-        return (specs[IMAGE],)
+        return (specs[default],)
     chosen = []
     for output in msg.outputs:
         if output.name not in specs:
             raise InvalidArgument(
                 f"model {info.name} has no output named {output.name!r}; its outputs: {_describe(specs.values())}"
+            )
+        if allowed is not None and output.name not in allowed:
+            raise InvalidArgument(
+                f"output {output.name} of model {info.name} is not made from these inputs; "
+                f"they make {', '.join(allowed)}"
             )
         if "shared_memory_region" in output.parameters:
             raise InvalidArgument(f"output {output.name}: shared memory is not supported by genserve")
@@ -283,9 +346,19 @@ def requested_outputs(msg: pb.ModelInferRequest, info: ModelInfo) -> tuple[Tenso
 def infer_response_to_proto(
     msg: pb.ModelInferRequest, info: ModelInfo, images: np.ndarray, outputs: tuple[TensorSpec, ...]
 ) -> pb.ModelInferResponse:
-    """uint8 images (B, H, W, C) -> ModelInferResponse with the asked outputs in raw_output_contents."""
-    data = np.ascontiguousarray(images, dtype=np.uint8)
+    """uint8 images (B, H, W, C) (or bits per dimension (B,) for BITS_PER_DIM) -> ModelInferResponse
+    with the asked outputs in raw_output_contents."""
     tensor = pb.ModelInferResponse.InferOutputTensor
+    if outputs and outputs[0].name == BITS_PER_DIM:
+        bits = np.ascontiguousarray(images, dtype="<f4").reshape(-1, 1)
+        return pb.ModelInferResponse(
+            model_name=info.name,
+            model_version=info.version,
+            id=msg.id,
+            outputs=[tensor(name=BITS_PER_DIM, datatype="FP32", shape=bits.shape)],
+            raw_output_contents=[bits.tobytes()],
+        )
+    data = np.ascontiguousarray(images, dtype=np.uint8)
     return pb.ModelInferResponse(
         model_name=info.name,
         model_version=info.version,
@@ -348,7 +421,7 @@ def model_metadata_to_proto(info: ModelInfo, config: ServerConfig) -> pb.ModelMe
 def model_config_to_proto(info: ModelInfo, config: ServerConfig) -> mc.ModelConfig:
     """Triton's ModelConfig of a served model: its tensors, batch limit and queue settings.
 
-    For a diffusion model a batch is the step scheduler's running set of image slots, which waits
+    For an iterative model a batch is the step scheduler's running set of image slots, which waits
     for no one: preferred sizes and queue delay do not apply there and are left out."""
     settings = config.settings_for(info.name)
     queue = mc.ModelQueuePolicy(max_queue_size=settings.max_queue_size)
@@ -366,6 +439,8 @@ def model_config_to_proto(info: ModelInfo, config: ServerConfig) -> mc.ModelConf
             "default_steps": str(info.default_steps),
             "diffusion_batching": settings.diffusion_batching,
         }
+    elif info.kind is ModelKind.AUTOREGRESSIVE:
+        parameters |= {"num_steps": str(info.num_steps), "diffusion_batching": settings.diffusion_batching}
     else:
         batching.preferred_batch_size.extend(settings.preferred_batch_sizes)
         batching.max_queue_delay_microseconds = round(settings.max_queue_delay_ms * 1000)

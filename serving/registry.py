@@ -19,11 +19,10 @@ from genserve.manifest import Manifest, discover
 from genserve.serving.config import Backend, EngineOptions, ModelSettings, Precision, ServerConfig
 from genserve.serving.diffusion import DiffusionScheduler
 from genserve.serving.domain import ModelInfo
-from genserve.serving.errors import NotFound, Unavailable
+from genserve.serving.errors import InvalidArgument, NotFound, Unavailable
 from genserve.serving.metrics import Metrics
 from genserve.serving.runner import ModelRunner
 from genserve.serving.scheduler import ImageBatchScheduler, ModelScheduler
-from genserve.signature import ModelKind
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +40,8 @@ def load_repository(
     for folder in discover(models_dir):
         manifest = Manifest.load(folder)
         s = settings(manifest.name) if settings else ModelSettings()
-        # A diffusion model runs one step-level batch, on one engine, whatever `instances` says.
-        instances = 1 if manifest.kind is ModelKind.DIFFUSION else s.instances
+        # An iterative model runs one step-level batch, on one engine, whatever `instances` says.
+        instances = 1 if manifest.kind.iterative else s.instances
         threads = s.intra_op_threads or max(1, (os.cpu_count() or 1) // instances)
         own = options if s.precision is None else dataclasses.replace(options, precision=Precision(s.precision))
         runner = ModelRunner(folder, backend, instances=instances, intra_op_threads=threads, options=own)
@@ -62,6 +61,22 @@ def load_repository(
     return runners
 
 
+class LikelihoodGraph:
+    """A flow's likelihood graph as a one-pass runner for ``ImageBatchScheduler``: a unit is one
+    image, its result one float (bits per dimension)."""
+
+    def __init__(self, runner: ModelRunner):
+        self.runner = runner
+        self.name = runner.name
+        self.engines = runner.graph_engines["likelihood"]
+
+    def validate(self, request) -> None:
+        self.runner.validate(request)
+
+    def run_images(self, parts, instance: int = 0):
+        return self.runner.run_likelihood(parts, instance)
+
+
 class ModelRegistry:
     """The served models: their public description and their scheduler, by name."""
 
@@ -69,6 +84,7 @@ class ModelRegistry:
         self.loaded = False  # True once every model of the repository is in
         self._infos: dict[str, ModelInfo] = {}
         self._schedulers: dict[str, ModelScheduler] = {}
+        self._likelihood: dict[str, ModelScheduler] = {}  # models with a likelihood graph (flows)
 
     def add_runners(
         self,
@@ -79,8 +95,13 @@ class ModelRegistry:
     ) -> None:
         for name, runner in runners.items():
             self._infos[name] = ModelInfo.from_manifest(runner.manifest, runner.max_images)
-            kind = DiffusionScheduler if runner.manifest.kind is ModelKind.DIFFUSION else ImageBatchScheduler
-            self._schedulers[name] = kind(runner, config.settings_for(name), executor, metrics.for_model(name))
+            kind = DiffusionScheduler if runner.manifest.kind.iterative else ImageBatchScheduler
+            settings = config.settings_for(name)
+            self._schedulers[name] = kind(runner, settings, executor, metrics.for_model(name))
+            if runner.likelihood:  # its own batcher on its own graph, with the model's queue settings
+                self._likelihood[name] = ImageBatchScheduler(
+                    LikelihoodGraph(runner), settings, executor, metrics.for_model(f"{name}:likelihood")
+                )
         self.loaded = True
 
     def infos(self) -> list[ModelInfo]:
@@ -92,7 +113,19 @@ class ModelRegistry:
         return self._infos[model]
 
     def schedulers(self) -> dict[str, ModelScheduler]:
-        return dict(self._schedulers)
+        return {**self._schedulers, **{f"{name}/likelihood": s for name, s in self._likelihood.items()}}
+
+    def likelihood_scheduler(self, model: str) -> ModelScheduler:
+        """The LogLikelihood scheduler of ``model`` (NotFound / Unavailable as ``scheduler``;
+        InvalidArgument for a model without a likelihood)."""
+        self.scheduler(model)
+        try:
+            return self._likelihood[model]
+        except KeyError:
+            with_one = ", ".join(sorted(self._likelihood)) or "(none)"
+            raise InvalidArgument(
+                f"model {model} has no likelihood; LogLikelihood takes normalizing flows: {with_one}"
+            ) from None
 
     def scheduler(self, model: str) -> ModelScheduler:
         try:

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from genserve import images, noise, schedule
-from genserve.manifest import Manifest
+from genserve.manifest import DECODER_GRAPH, LIKELIHOOD_GRAPH, Manifest
 from genserve.serving.config import Backend, EngineOptions
-from genserve.serving.domain import GenerateRequest, Request, TranslateRequest
-from genserve.serving.engines import Engine, create_engine
+from genserve.serving.domain import GenerateRequest, LikelihoodRequest, Request, TranslateRequest
+from genserve.serving.engines import Engine, create_engine, create_graph_engine
 from genserve.serving.errors import Cancelled, InvalidArgument
 from genserve.serving.slots import REPLAY_STEPS, SlotState, open_slots
 from genserve.signature import ModelKind
@@ -27,6 +27,8 @@ from genserve.signature import ModelKind
 MAX_IMAGES_PER_REQUEST = 256
 MAX_FIRST_INDEX = 2**32 - 1  # the wire field is a uint32
 MAX_GUIDANCE = 20.0  # beyond this classifier-free guidance only saturates images
+TEMPERATURE_RANGE = (0.01, 10.0)  # (0 would be a division by zero for an autoregressive model)
+TRUNCATION_RANGE = (0.0, 2.0)  # psi: 0 = the average image, 1 = none, above 1 = exaggerated
 # The noise.slot_keys step of random class labels; no sampling step (0, 1, ...) collides with it.
 LABEL_STEP = -1
 
@@ -36,13 +38,14 @@ _CHANNELS = {1: "grayscale", 2: "grayscale+alpha", 3: "RGB", 4: "RGBA"}
 
 
 @dataclass(frozen=True)
-class DiffusionPlan:
-    """A validated diffusion request: which timesteps, with which per-step coefficients."""
+class StepPlan:
+    """A validated request of an iterative model: which timesteps (a diffusion model's noise levels,
+    an autoregressive model's pixel positions), with which per-step coefficients."""
 
-    sampler: schedule.Sampler
+    sampler: schedule.Sampler | None  # diffusion only
     timesteps: np.ndarray  # (K,) int64
     coefs: np.ndarray  # (K, len(COEF_COLUMNS)) float32
-    guidance: float | None = None  # class-conditional models: the classifier-free guidance scale
+    guidance: float | None = None  # class-conditional diffusion models: the classifier-free guidance scale
 
 
 class ModelRunner:
@@ -67,6 +70,14 @@ class ModelRunner:
                 for _ in range(instances)
             ]
         self.engine = self.engines[0]
+        # More graphs of the folder (``Manifest.graphs``), one engine per instance each.
+        self.graph_engines: dict[str, list[Engine]] = {
+            name: [
+                create_graph_engine(folder, self.manifest, name, backend, intra_op_threads, options)
+                for _ in self.engines
+            ]
+            for name in self.manifest.graphs
+        }
         self._idle_slots: list[list[SlotState]] = [[] for _ in self.engines]  # request-level states, reused
         if self.manifest.diffusion is not None:
             self.diffusion = self.manifest.diffusion.gaussian_diffusion()
@@ -84,10 +95,18 @@ class ModelRunner:
         """A class-conditional sampler or diffusion model: its graph takes a label per image."""
         return self.manifest.kind is not ModelKind.TRANSLATOR and self.manifest.num_classes is not None
 
-    def validate(self, request: Request) -> DiffusionPlan | None:
-        """Raise InvalidArgument naming what is allowed; return the diffusion plan if any."""
+    @property
+    def likelihood(self) -> bool:
+        """The model computes likelihoods of images (LogLikelihood): a flow."""
+        return LIKELIHOOD_GRAPH in self.manifest.graphs
+
+    def validate(self, request: Request) -> StepPlan | None:
+        """Raise InvalidArgument naming what is allowed; return the step plan of an iterative model."""
         if isinstance(request, TranslateRequest):
             self._validate_translate(request)
+            return None
+        if isinstance(request, LikelihoodRequest):
+            self._validate_likelihood(request)
             return None
         m = self.manifest
         self._check_count(request.num_images, "num_images")
@@ -95,14 +114,15 @@ class ModelRunner:
             raise InvalidArgument(f"{m.name} is a translator model: send it images with Translate, not Generate")
         self._validate_label(request.label)
         self._validate_interpolation(request)
+        self._validate_style(request)
+        temperature = self._temperature(request.temperature)
         if not 0 <= request.first_index <= MAX_FIRST_INDEX:
             raise InvalidArgument(f"first_index must be in [0, {MAX_FIRST_INDEX}], got {request.first_index}")
+        if m.kind is ModelKind.AUTOREGRESSIVE:
+            self._refuse_diffusion_fields(request)
+            return self._autoregressive_plan(temperature)
         if m.kind is not ModelKind.DIFFUSION:
-            for field in ("steps", "sampler", "eta", "guidance"):
-                if getattr(request, field) is not None:
-                    raise InvalidArgument(
-                        f"{field} applies to diffusion models only; {m.name} is a {m.kind.value} model"
-                    )
+            self._refuse_diffusion_fields(request)
             return None
         spec = m.diffusion
         steps = spec.default_steps if request.steps is None else request.steps
@@ -119,7 +139,77 @@ class ModelRunner:
         ts, coefs = schedule.step_coefficients(
             self.diffusion, steps, sampler, eta=eta, variance=request.variance, clip_denoised=request.clip_denoised
         )
-        return DiffusionPlan(sampler, ts, coefs.astype(np.float32), self._guidance(request.guidance))
+        return StepPlan(sampler, ts, coefs.astype(np.float32), self._guidance(request.guidance))
+
+    def _refuse_diffusion_fields(self, request: GenerateRequest) -> None:
+        m = self.manifest
+        for field in ("steps", "sampler", "eta", "guidance"):
+            if getattr(request, field) is not None:
+                raise InvalidArgument(f"{field} applies to diffusion models only; {m.name} is a {m.kind.value} model")
+
+    def _autoregressive_plan(self, temperature: float) -> StepPlan:
+        """Every pixel position in raster order, one per step; coefficient column 0 = 1 / temperature."""
+        c, h, w = self.manifest.image_shape
+        coefs = np.zeros((h * w, len(schedule.COEF_COLUMNS)), np.float32)
+        coefs[:, 0] = 1.0 / temperature
+        return StepPlan(None, np.arange(h * w, dtype=np.int64), coefs)
+
+    def _temperature(self, temperature: float | None) -> float:
+        """The request's sampling temperature (the model's default when unset); InvalidArgument
+        for a model that takes none, or one out of range."""
+        m = self.manifest
+        if m.default_temperature is None:
+            if temperature is not None:
+                raise InvalidArgument(
+                    f"temperature applies to autoregressive models and flows only; {m.name} takes none"
+                )
+            return 1.0
+        if temperature is None:
+            return float(m.default_temperature)
+        low, high = TEMPERATURE_RANGE
+        if not low <= temperature <= high:  # also rejects NaN
+            raise InvalidArgument(f"temperature must be in [{low:g}, {high:g}], got {temperature}")
+        return float(temperature)
+
+    def _validate_style(self, request: GenerateRequest) -> None:
+        m = self.manifest
+        fields = {"truncation": request.truncation, "mix_seed": request.mix_seed, "mix_layer": request.mix_layer}
+        if m.style_layers is None:
+            for field, value in fields.items():
+                if value is not None:
+                    raise InvalidArgument(f"{field} applies to style-based models only; {m.name} is not one")
+            return
+        if request.truncation is not None:
+            low, high = TRUNCATION_RANGE
+            if not low <= request.truncation <= high:
+                raise InvalidArgument(
+                    f"truncation must be in [{low:g}, {high:g}] (1 = none, 0 = the average image), "
+                    f"got {request.truncation}"
+                )
+        if request.mix_layer is not None:
+            if request.mix_seed is None:
+                raise InvalidArgument(
+                    "mix_layer needs mix_seed: the seed whose styles the layers from mix_layer on take"
+                )
+            if not 0 <= request.mix_layer <= m.style_layers:
+                raise InvalidArgument(
+                    f"mix_layer must be in [0, {m.style_layers}] for model {m.name} (its synthesis layers; "
+                    f"{m.style_layers} = no mixing), got {request.mix_layer}"
+                )
+
+    def _validate_likelihood(self, request: LikelihoodRequest) -> None:
+        m = self.manifest
+        if not self.likelihood:
+            raise InvalidArgument(
+                f"LogLikelihood takes models with a likelihood (normalizing flows); {m.name} has none"
+            )
+        self._check_count(request.num_images, "the number of images")
+        c, h, w = m.image_shape
+        for i, image in enumerate(request.images):
+            if image.shape != (h, w, c):
+                raise InvalidArgument(
+                    f"expected {w}x{h} {_channels(c)} images for {m.name}, got {_describe(image)} at index {i}"
+                )
 
     def _guidance(self, guidance: float | None) -> float | None:
         m = self.manifest
@@ -219,10 +309,21 @@ class ModelRunner:
             return engine.run_uint8(self._batch_feeds(parts))
         return images.to_uint8(self._run_once(engine, parts))
 
-    def sample_images(self, seeds: np.ndarray, index: np.ndarray, instance: int = 0) -> np.ndarray:
+    def sample_images(
+        self,
+        seeds: np.ndarray,
+        index: np.ndarray,
+        instance: int = 0,
+        labels: np.ndarray | None = None,
+        request: GenerateRequest | None = None,
+    ) -> np.ndarray:
         """One engine call of a sampler on independent images: image ``index[i]`` of seed ``seeds[i]``,
-        uint8 (B, H, W, C) (what the engine-scaling benchmark times)."""
-        feeds = self._sample_feeds(seeds, index)
+        uint8 (B, H, W, C) (what the engine-scaling benchmark times), with ``request``'s options
+        (temperature, truncation, mixing; None = the defaults) and, for a class-conditional
+        sampler, class ``labels[i]`` (evaluation)."""
+        feeds = self._sample_feeds(seeds, index, request)
+        if labels is not None:
+            feeds["label"] = np.asarray(labels, dtype=np.int64)
         return images.to_uint8(next(iter(self.engines[instance].run(feeds).values())))
 
     def diffuse_images(
@@ -251,19 +352,56 @@ class ModelRunner:
         """The graph inputs of units [start, stop) of one request."""
         if isinstance(request, TranslateRequest):
             return {"source": images.from_uint8(np.stack(request.images[start:stop]))}  # (k, C, h, w)
+        if isinstance(request, LikelihoodRequest):
+            return {"image": images.from_uint8(np.stack(request.images[start:stop]))}  # (k, C, H, W)
         if request.interpolate_to_seed is not None:
             return self._interpolation_feeds(request, np.arange(start, stop))  # frames: first_index is 0
         index = np.asarray(request.indices(start, stop), dtype=np.int64)
-        return self._sample_feeds(np.full(len(index), request.seed, dtype=np.int64), index, request.label)
+        return self._sample_feeds(np.full(len(index), request.seed, dtype=np.int64), index, request)
 
-    def _sample_feeds(self, seeds: np.ndarray, index: np.ndarray, label: int | None = None) -> dict[str, np.ndarray]:
-        """Latent z (and class label) of image ``index[i]`` of seed ``seeds[i]``: ``label`` for every
-        image, or (None) a class per image drawn from its (seed, index)."""
+    def _sample_feeds(
+        self, seeds: np.ndarray, index: np.ndarray, request: GenerateRequest | None = None
+    ) -> dict[str, np.ndarray]:
+        """Latent z (and class label, and a style model's inputs) of image ``index[i]`` of seed
+        ``seeds[i]``, with ``request``'s options (None: the model's defaults): its ``label`` for
+        every image, or (None) a class per image drawn from its (seed, index)."""
         n = len(index)
-        feeds = {"z": noise.gaussian(seeds, index, np.full(n, noise.INITIAL_STEP), (self.manifest.latent_dim,))}
+        z = noise.gaussian(seeds, index, np.full(n, noise.INITIAL_STEP), (self.manifest.latent_dim,))
+        feeds = {"z": self._scaled(z, request)}
         if self.conditional:
-            feeds["label"] = self.labels(seeds, index, label)
+            feeds["label"] = self.labels(seeds, index, request.label if request else None)
+        if self.manifest.style_layers is not None:
+            mix_seed = request.mix_seed if request else None
+            mix_z = (
+                z
+                if mix_seed is None
+                else noise.gaussian(
+                    np.full(n, mix_seed), index, np.full(n, noise.INITIAL_STEP), (self.manifest.latent_dim,)
+                )
+            )
+            feeds.update(self._style_feeds(n, request, mix_z))
         return feeds
+
+    def _scaled(self, z: np.ndarray, request: GenerateRequest | None) -> np.ndarray:
+        """A flow's latent at the request's temperature (z is multiplied by it); others' as drawn."""
+        if self.manifest.default_temperature is None:
+            return z
+        temperature = self._temperature(request.temperature if request else None)
+        return z if temperature == 1.0 else (z * np.float32(temperature)).astype(np.float32)
+
+    def _style_feeds(self, n: int, request: GenerateRequest | None, mix_z: np.ndarray) -> dict[str, np.ndarray]:
+        """A style model's truncation psi, second latent and first mixed layer per image (no mixing:
+        the layer count, which no layer reaches)."""
+        m = self.manifest
+        psi = 1.0 if request is None or request.truncation is None else request.truncation
+        layer = m.style_layers if request is None or request.mix_layer is None else request.mix_layer
+        if request is not None and request.mix_seed is not None and request.mix_layer is None:
+            layer = m.style_layers // 2  # a mix seed alone: its styles from the middle layer on
+        return {
+            "psi": np.full(n, psi, dtype=np.float32),
+            "mix_z": mix_z.astype(np.float32),
+            "mix_layer": np.full(n, layer, dtype=np.int64),
+        }
 
     def labels(self, seeds: np.ndarray, index: np.ndarray, label: int | None) -> np.ndarray:
         """The class of image ``index[i]`` of seed ``seeds[i]`` of a conditional model, int64: ``label``
@@ -277,27 +415,39 @@ class ModelRunner:
         """Frames ``index`` of the slerp from image 0 of ``seed`` to image 0 of ``interpolate_to_seed``,
         all with the class of the first (the requested one, or image 0 of ``seed``'s)."""
         ends = np.array([request.seed, request.interpolate_to_seed], dtype=np.int64)
-        end_feeds = self._sample_feeds(ends, np.zeros(2, dtype=np.int64), request.label)
+        end_feeds = self._sample_feeds(ends, np.zeros(2, dtype=np.int64), request)
         z_a, z_b = end_feeds["z"]
         feeds = {"z": slerp(z_a, z_b, index / (request.num_images - 1))}  # (k, latent_dim)
         if self.conditional:
             feeds["label"] = np.full(len(index), end_feeds["label"][0], dtype=np.int64)
+        if self.manifest.style_layers is not None:
+            mix_z = np.repeat(end_feeds["mix_z"][:1], len(index), axis=0)  # the first end's mixing styles
+            feeds.update(self._style_feeds(len(index), request, mix_z))
         return feeds
 
     def open_slots(self, instance: int = 0, capacity: int | None = None) -> SlotState:
-        """A new slot state on engine ``instance`` for this diffusion model (``slots``)."""
+        """A new slot state on engine ``instance`` for this iterative model (``slots``); a latent
+        model's slots finish through its decoder graph."""
         engine = self.engines[instance]
-        spec = self.manifest.diffusion
+        m = self.manifest
+        max_steps = m.diffusion.num_timesteps if m.diffusion else m.image_shape[1] * m.image_shape[2]
+        decoders = self.graph_engines.get(DECODER_GRAPH)
         return open_slots(
-            engine, self.manifest.image_shape, capacity or engine.max_batch_size, spec.num_timesteps, self.conditional
+            engine, capacity or engine.max_batch_size, max_steps, decoders[instance] if decoders else None
         )
+
+    def run_likelihood(self, parts: Sequence[Part], instance: int = 0) -> np.ndarray:
+        """One likelihood-graph call on images [start, stop) of several validated LogLikelihood
+        requests: bits per dimension, float32 (B,), rows in the order of ``parts``."""
+        engine = self.graph_engines[LIKELIHOOD_GRAPH][instance]
+        return next(iter(engine.run(self._batch_feeds(parts)).values())).astype(np.float32)
 
     def _diffuse(
         self,
         instance: int,
         seeds: np.ndarray,
         index: np.ndarray,
-        plan: DiffusionPlan,
+        plan: StepPlan,
         cancelled: threading.Event | None = None,
         label: int | None = None,
         labels: np.ndarray | None = None,
@@ -323,18 +473,21 @@ class ModelRunner:
         self,
         seeds: np.ndarray,
         index: np.ndarray,
-        plan: DiffusionPlan,
+        plan: StepPlan,
         label: int | None = None,
         labels: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """The step graph's per-slot inputs beyond x, t, coef and noise: for a conditional model the
-        class of each image (``labels``, else ``self.labels(seeds, index, label)``) and the plan's
-        guidance; none for another model."""
+        class of each image (``labels``, else ``self.labels(seeds, index, label)``) and, for a
+        guided diffusion model, the plan's guidance; none for another model."""
         if not self.conditional:
             return {}
         if labels is None:
             labels = self.labels(seeds, index, label)
-        return {"label": labels, "guidance": np.full(len(index), plan.guidance, dtype=np.float32)}
+        conditioning = {"label": labels}
+        if plan.guidance is not None:
+            conditioning["guidance"] = np.full(len(index), plan.guidance, dtype=np.float32)
+        return conditioning
 
 
 def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:

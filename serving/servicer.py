@@ -29,7 +29,8 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
 
 
 class GenerationServicer(genserve_pb2_grpc.GenerationServiceServicer):
-    WORK_METHODS = ("Generate", "GenerateStream", "Translate")  # the RPCs that run models (``Admission``)
+    # The RPCs that run models (``Admission``).
+    WORK_METHODS = ("Generate", "GenerateStream", "Translate", "LogLikelihood")
 
     def __init__(self, registry: ModelRegistry, executor: concurrent.futures.Executor):
         self._registry = registry
@@ -53,6 +54,18 @@ class GenerationServicer(genserve_pb2_grpc.GenerationServiceServicer):
         calls.name(req.model, req.num_images)
         images = await scheduler.submit(req, deadline)
         return await self._encode(req.model, images, encoding, convert.translate_response_to_proto)
+
+    async def LogLikelihood(self, request, context: grpc.aio.ServicerContext):
+        deadline = _deadline(context)
+        if request.pngs:  # decoding PNGs is CPU work for a worker thread
+            loop = asyncio.get_running_loop()
+            req = await loop.run_in_executor(self._executor, convert.likelihood_request_from_proto, request)
+        else:
+            req = convert.likelihood_request_from_proto(request)
+        scheduler = self._registry.likelihood_scheduler(req.model)
+        calls.name(req.model, req.num_images)
+        bits = await scheduler.submit(req, deadline)
+        return convert.likelihood_response_to_proto(req.model, bits)
 
     async def _decode_translate(self, request):
         """The domain request. Decoding PNGs is CPU work for a worker thread, like encoding them."""

@@ -36,7 +36,7 @@ import torch
 
 from genserve import noise
 from genserve.serving.config import Precision
-from genserve.serving.slots import REPLAY_STEPS
+from genserve.serving.slots import REPLAY_STEPS, conditioning_specs, state_shape
 from genserve.signature import Signature
 
 log = logging.getLogger(__name__)
@@ -230,17 +230,17 @@ class TorchEngine:
 
     # --- iterative models ----------------------------------------------------------------------
 
-    def open_slots(self, image_shape, capacity: int, max_steps: int, conditional: bool) -> TorchSlots:
-        return TorchSlots(self, image_shape, capacity, max_steps, conditional)
+    def open_slots(self, capacity: int, max_steps: int) -> TorchSlots:
+        return TorchSlots(self, capacity, max_steps)
 
 
 class TorchSlots:
     """``slots.SlotState`` in the engine's device memory (see the module docstring)."""
 
-    def __init__(self, engine: TorchEngine, image_shape, capacity: int, max_steps: int, conditional: bool):
+    def __init__(self, engine: TorchEngine, capacity: int, max_steps: int):
         self.engine = engine
         self.capacity = capacity
-        self.shape = tuple(image_shape)
+        self.shape = state_shape(engine.signature)
         self.max_steps = max_steps
         dev = engine.device
         s = capacity
@@ -250,11 +250,9 @@ class TorchSlots:
         self.steps_done = torch.zeros(s, dtype=torch.int64, device=dev)
         self.timesteps = torch.zeros((s, max_steps), dtype=torch.int64, device=dev)  # row i: slot i's schedule
         self.coefs = torch.zeros((s, max_steps, 6), dtype=torch.float32, device=dev)
-        self.conditioning = (
-            {"label": torch.zeros(s, dtype=torch.int64, device=dev), "guidance": torch.zeros(s, device=dev)}
-            if conditional
-            else {}
-        )
+        self.conditioning = {
+            c.name: torch.zeros(s, dtype=_dtype(c.dtype), device=dev) for c in conditioning_specs(engine.signature)
+        }
         self._rows = (self.x, self.seed, self.index, self.steps_done, self.timesteps, self.coefs)
         self._rows += tuple(self.conditioning.values())
         self._arange = torch.arange(s, device=dev)

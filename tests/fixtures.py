@@ -112,3 +112,58 @@ def _export_family_models(models: Path) -> None:
             files={ONNX_FILE: sha256(folder / ONNX_FILE)},
             **extra,
         ).write(folder)
+
+
+PIXELCNN, FLOW, STYLEGAN, LDM = "pixelcnn-tiny", "flow-tiny", "stylegan-tiny", "ldm-tiny"
+
+
+@pytest.fixture(scope="session")
+def curriculum_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository of the newer families, small random-init networks through the real export
+    (graph signatures, extra graphs, parity check): ``pixelcnn-tiny`` (autoregressive, class-
+    conditional), ``flow-tiny`` (a RealNVP sampler with its likelihood graph), ``stylegan-tiny``
+    (truncation and style mixing) and ``ldm-tiny`` (diffusion on a VAE latent, with its decoder)."""
+    import torch
+
+    from genserve.export.onnx_export import Servable, export_model_folder
+    from genserve.nets import save_checkpoint
+    from genserve.nets.flow import Flow, FlowConfig
+    from genserve.nets.latent_diffusion import LatentDiffusion, LatentDiffusionConfig
+    from genserve.nets.pixelcnn import PixelCNN, PixelCNNConfig
+    from genserve.nets.stylegan import StyleGANConfig, StyleGANGenerator
+
+    root = tmp_path_factory.mktemp("curriculum")
+    checkpoints, models = root / "checkpoints", root / "models"
+    torch.manual_seed(0)
+    nets = {
+        PIXELCNN: (
+            "pixelcnn",
+            PixelCNN(PixelCNNConfig(channels=8, layers=2, head_channels=16)),
+            Servable(PIXELCNN, "tiny PixelCNN", "conditional", default_temperature=1.0),
+        ),
+        FLOW: (
+            "flow",
+            Flow(FlowConfig(steps_per_level=1, hidden=8)),
+            Servable(
+                FLOW, "tiny flow", "sample", extra_graphs=(("likelihood", "likelihood"),), default_temperature=1.0
+            ),
+        ),
+        STYLEGAN: (
+            "stylegan_generator",
+            StyleGANGenerator(StyleGANConfig(gen_features=8, mapping_layers=2)),
+            Servable(STYLEGAN, "tiny StyleGAN", "sample"),
+        ),
+        LDM: (
+            "latent_diffusion",
+            LatentDiffusion(LatentDiffusionConfig(width=32, depth=1)),
+            Servable(LDM, "tiny latent diffusion", "sample", extra_graphs=(("decoder", "decode"),)),
+        ),
+    }
+    for name, (family, net, servable) in nets.items():
+        with torch.no_grad():  # flows and GANs start near the identity / zero: make outputs differ by input
+            for p in net.parameters():
+                if not p.any():
+                    p.normal_(0.0, 0.05)
+        save_checkpoint(checkpoints / name, family, net.eval(), net.config)
+        export_model_folder(checkpoints / name, models / name, name, max_batch_size=16, servable=servable)
+    return models

@@ -6,6 +6,20 @@
   FID at 100 samples is noisy and biased upwards; only the ratio to the floor is meaningful.
 - The fraction of samples the classifier assigns to one class with probability >= 0.9, and
   the histogram of predicted classes (a collapsed generator misses classes).
+- The Inception Score (Salimans et al. 2016) with the classifier's class probabilities,
+  exp(E_x KL(p(y|x) || p(y))), on the whole sample set (no splits: 100 samples are one split);
+  between 1 and 10, higher for confident *and* varied classes. Its reference is the IS of as
+  many real (train-split) digits, averaged over the floor's draws: the score depends on the
+  sample count, so only an equal-sized real set says what "as good as real" is.
+- The squared kernel MMD of KID (Binkowski et al. 2018): the unbiased estimator with the cubic
+  polynomial kernel k(x, y) = (x.y / d + 1)^3, d = 64, between the samples' features and the
+  held-out reference, and real-vs-real, averaged over the same draws as FID. Unlike FID it is
+  unbiased at any sample count (0 in expectation for real data; it can go slightly negative).
+- Precision and recall (Kynkaanniemi et al. 2019): each set's manifold is the union of balls
+  around its points reaching their k-th nearest neighbour (k = 3) in the set; precision is the
+  fraction of samples inside the real manifold (fidelity), recall the fraction of real digits
+  inside the samples' manifold (coverage: a collapsed generator has low recall). Against the
+  same held-out reference, with real-vs-real as the reference values, averaged over the draws.
 
 Models of issue 5 say in their manifest (``source.task``) what they do, and ``evaluate_task``
 measures what fits: FID for every model that produces digits, the fraction of samples of the
@@ -28,9 +42,10 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import linalg
+from scipy.spatial.distance import cdist
+from scipy.special import rel_entr
 
 from genserve.nets import load_checkpoint
-from genserve.signature import ModelKind
 from genserve.training import data
 from genserve.training.data import mnist_splits, to_model_range, to_uint8
 from genserve.training.loop import server_latents
@@ -39,6 +54,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CLASSIFIER = Path(__file__).resolve().parent.parent / "assets" / "classifier-mnist"
 CONFIDENCE = 0.9
+NEAREST_K = 3  # Kynkaanniemi et al.'s k for the k-NN manifolds of precision and recall
 
 
 @dataclass
@@ -52,6 +68,14 @@ class QualityReport:
     num_classes_present: int
     classifier_accuracy: float
     draws: int
+    inception_score: float
+    inception_score_real: float  # IS of as many real digits: what "as good as real" scores
+    mmd: float  # squared KID-kernel MMD to held-out digits; 0 in expectation for real data
+    mmd_real: float
+    precision: float  # fraction of samples inside the real digits' k-NN manifold
+    recall: float  # fraction of real digits inside the samples' k-NN manifold
+    precision_real: float
+    recall_real: float
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,20 +101,26 @@ class Evaluator:
     def evaluate(self, images: np.ndarray, draws: int = 5, seed: int = 0) -> QualityReport:
         images = np.asarray(images).reshape(-1, 28, 28)
         n = len(images)
-        if n < 2 or n > len(self.held_out.images):
-            raise ValueError(f"need between 2 and {len(self.held_out.images)} samples, got {n}")
+        if n <= NEAREST_K or n > len(self.held_out.images):  # k-NN manifolds need more than k points
+            raise ValueError(f"need between {NEAREST_K + 1} and {len(self.held_out.images)} samples, got {n}")
         gen_feats, probs = self.features_and_probs(images)
         rng = np.random.default_rng(seed)
-        fids, floors = [], []
+        fids, floors, real_scores = [], [], []
+        gen_vs_ref, real_vs_ref = [], []  # (mmd, precision, recall) per draw
         for _ in range(draws):
             ref = self.held_out.images[rng.choice(len(self.held_out.images), n, replace=False)]
             real = self.train.images[rng.choice(len(self.train.images), n, replace=False)]
             ref_feats, _ = self.features_and_probs(ref)
-            real_feats, _ = self.features_and_probs(real)
+            real_feats, real_probs = self.features_and_probs(real)
             fids.append(fid(gen_feats, ref_feats))
             floors.append(fid(real_feats, ref_feats))
+            real_scores.append(inception_score(real_probs))
+            gen_vs_ref.append((mmd(gen_feats, ref_feats), *precision_recall(ref_feats, gen_feats)))
+            real_vs_ref.append((mmd(real_feats, ref_feats), *precision_recall(ref_feats, real_feats)))
         hist = np.bincount(probs.argmax(1), minlength=10)
         fid_mean, floor_mean = float(np.mean(fids)), float(np.mean(floors))
+        gen_mmd, gen_precision, gen_recall = np.mean(gen_vs_ref, axis=0)
+        real_mmd, real_precision, real_recall = np.mean(real_vs_ref, axis=0)
         return QualityReport(
             num_samples=n,
             fid=round(fid_mean, 3),
@@ -101,6 +131,14 @@ class Evaluator:
             num_classes_present=int((hist > 0).sum()),
             classifier_accuracy=self.classifier_accuracy,
             draws=draws,
+            inception_score=round(inception_score(probs), 3),
+            inception_score_real=round(float(np.mean(real_scores)), 3),
+            mmd=round(float(gen_mmd), 3),
+            mmd_real=round(float(real_mmd), 3),
+            precision=round(float(gen_precision), 4),
+            recall=round(float(gen_recall), 4),
+            precision_real=round(float(real_precision), 4),
+            recall_real=round(float(real_recall), 4),
         )
 
 
@@ -128,6 +166,48 @@ def fid(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     )
 
 
+def inception_score(probs: np.ndarray) -> float:
+    """exp(E_x KL(p(y|x) || p(y))) of class probabilities (N, C), p(y) their mean: 1 when every
+    sample gets the same distribution, C when each is certain and the classes are equally used."""
+    marginal = probs.mean(0, keepdims=True)  # (1, C)
+    return float(np.exp(rel_entr(probs, marginal).sum(1).mean()))  # rel_entr: 0 log 0 = 0
+
+
+def polynomial_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """KID's kernel (x.y / d + 1)^3 between the rows of (N, d) and (M, d): (N, M)."""
+    return (a @ b.T / a.shape[1] + 1.0) ** 3
+
+
+def mmd(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
+    """Unbiased squared MMD (Gretton et al. 2012) with KID's kernel: the within-set means leave out
+    the diagonal k(x, x), so that two samples of one distribution score 0 in expectation."""
+    m, n = len(feats_a), len(feats_b)
+    k_aa, k_bb = polynomial_kernel(feats_a, feats_a), polynomial_kernel(feats_b, feats_b)
+    within_a = (k_aa.sum() - np.trace(k_aa)) / (m * (m - 1))
+    within_b = (k_bb.sum() - np.trace(k_bb)) / (n * (n - 1))
+    return float(within_a + within_b - 2.0 * polynomial_kernel(feats_a, feats_b).mean())
+
+
+def manifold_radii(feats: np.ndarray, k: int = NEAREST_K) -> np.ndarray:
+    """Distance of each row of (N, d) to its k-th nearest other row: (N,)."""
+    if len(feats) <= k:
+        raise ValueError(f"a k-NN manifold with k = {k} needs more than {k} points, got {len(feats)}")
+    # column 0 of each sorted row is the point itself (0); column k its k-th neighbour, duplicates included
+    return np.sort(cdist(feats, feats), axis=1)[:, k]
+
+
+def coverage(manifold: np.ndarray, queries: np.ndarray, k: int = NEAREST_K) -> float:
+    """Fraction of ``queries`` (M, d) within the k-NN ball of some row of ``manifold`` (N, d)."""
+    inside = cdist(queries, manifold) <= manifold_radii(manifold, k)[None, :]  # (M, N)
+    return float(inside.any(1).mean())
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = NEAREST_K) -> tuple[float, float]:
+    """Kynkaanniemi et al. (2019): precision, the fraction of ``fake`` inside the real manifold, and
+    recall, the fraction of ``real`` inside the fake manifold; features (N, d) and (M, d)."""
+    return coverage(real, fake, k), coverage(fake, real, k)
+
+
 def samples_from_folder(
     folder: Path,
     n: int,
@@ -135,29 +215,30 @@ def samples_from_folder(
     steps: int | None = None,
     guidance: float | None = None,
     labels: np.ndarray | None = None,
+    **options: Any,
 ) -> np.ndarray:
     """Images 0 .. n-1 of ``seed`` through the serving core in-process (ONNX Runtime): uint8
-    (N, H, W, C), what ``Generate(model, n, seed, steps, guidance=guidance)`` returns. Run in engine
-    batches rather than as one request, because a request holds at most ``MAX_IMAGES_PER_REQUEST``
-    images and an evaluation may want more (FID on 1,000 samples). ``labels`` (n,) gives a
-    class-conditional diffusion model the class of each image."""
+    (N, H, W, C), what ``Generate(model, n, seed, steps, guidance=guidance, **options)`` returns
+    (``options``: temperature, truncation, mix_seed, mix_layer). Run in engine batches rather than as
+    one request, because a request holds at most ``MAX_IMAGES_PER_REQUEST`` images and an
+    evaluation may want more (FID on 1,000 samples). ``labels`` (n,) gives a class-conditional model
+    the class of each image."""
     from genserve.serving.domain import GenerateRequest
     from genserve.serving.runner import ModelRunner
 
     runner = ModelRunner(folder)
-    schedule = GenerateRequest(runner.name, 1, seed=seed, steps=steps, guidance=guidance)
-    runner.validate(schedule)  # steps in range, and only for a diffusion model
-    diffusion = runner.manifest.kind is ModelKind.DIFFUSION
+    schedule = GenerateRequest(runner.name, 1, seed=seed, steps=steps, guidance=guidance, **options)
+    runner.validate(schedule)  # steps only for a diffusion model, options in range
+    iterative = runner.manifest.kind.iterative
     chunks = []
     for start in range(0, n, runner.engine.max_batch_size):
         index = np.arange(start, min(n, start + runner.engine.max_batch_size))
         seeds = np.full(len(index), seed, dtype=np.int64)
-        if diffusion:
-            chunks.append(
-                runner.diffuse_images(seeds, index, schedule, labels=None if labels is None else labels[index])
-            )
+        chunk_labels = None if labels is None else labels[index]
+        if iterative:
+            chunks.append(runner.diffuse_images(seeds, index, schedule, labels=chunk_labels))
         else:
-            chunks.append(runner.sample_images(seeds, index))
+            chunks.append(runner.sample_images(seeds, index, labels=chunk_labels, request=schedule))
     return np.concatenate(chunks)
 
 
@@ -294,9 +375,9 @@ def bicubic_upsample(low: np.ndarray, factor: int = 4) -> np.ndarray:
 
 
 def _fid_of(evaluator: Evaluator, images: np.ndarray, prefix: str = "") -> dict[str, float]:
-    report = evaluator.evaluate(images)
-    keys = ("num_samples", "fid", "fid_floor", "fid_ratio", "confident_fraction", "num_classes_present")
-    return {prefix + k: getattr(report, k) for k in keys}
+    """The quality report of a translator's outputs, less what only a sampler's report needs."""
+    omit = {"class_histogram", "classifier_accuracy", "draws"}
+    return {prefix + k: v for k, v in evaluator.evaluate(images).to_dict().items() if k not in omit}
 
 
 def _pair_metrics(evaluator: Evaluator, outputs: np.ndarray, targets: np.ndarray, prefix: str = "") -> dict:
@@ -339,10 +420,12 @@ def evaluate_task(
     evaluator: Evaluator,
     steps: int | None = None,
     guidance: float | None = None,
+    **options: Any,
 ) -> tuple[dict, np.ndarray]:
     """Metrics of an issue-5 model folder, and a 10x10 grid's worth of uint8 tiles (100, 28, 28):
     samples for samplers, alternating rows of 10 inputs and their 10 outputs for translators.
-    ``steps`` and ``guidance`` apply to a (class-conditional) diffusion model."""
+    ``steps`` and ``guidance`` apply to a (class-conditional) diffusion model, ``options``
+    (temperature, truncation) to the models that take them."""
     graph = OnnxGraph(folder)
     task = Task(graph.manifest.source["task"])
     held_out = evaluator.held_out
@@ -351,11 +434,7 @@ def evaluate_task(
         feeds: dict[str, Any] = {}
         if task is Task.CONDITIONAL:
             feeds["label"] = np.arange(n, dtype=np.int64) % 10  # column j of the grid: class j
-        if graph.manifest.kind is ModelKind.DIFFUSION:
-            samples = samples_from_folder(folder, n, seed, steps, guidance, feeds.get("label"))[..., 0]
-        else:
-            feeds["z"] = server_latents(n, graph.manifest.latent_dim, seed).numpy()
-            samples = to_uint8(graph(**feeds))
+        samples = samples_from_folder(folder, n, seed, steps, guidance, feeds.get("label"), **options)[..., 0]
         metrics: dict[str, Any] = evaluator.evaluate(samples).to_dict()
         if task is Task.CONDITIONAL:
             metrics["asked_class_fraction"], metrics["asked_class_fraction_per_class"] = class_accuracy(

@@ -1,11 +1,12 @@
 """GAN objectives as pure functions of discriminator outputs, shared by every adversarial
-family: non-saturating (Goodfellow et al. 2014), least squares (Mao et al. 2017) and
-Wasserstein with gradient penalty (Gulrajani et al. 2017)."""
+family: non-saturating (Goodfellow et al. 2014), least squares (Mao et al. 2017), and the
+Wasserstein critic loss, kept 1-Lipschitz either by weight clipping (Arjovsky et al. 2017: the
+trainer clips) or by a gradient penalty (Gulrajani et al. 2017: ``gradient_penalty``)."""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch.nn import functional as F
@@ -15,6 +16,12 @@ class GANLoss(enum.Enum):
     NON_SATURATING = "ns"
     LSGAN = "lsgan"
     WGAN_GP = "wgan-gp"
+    WGAN = "wgan"  # weight clipping instead of the penalty
+
+    @property
+    def wasserstein(self) -> bool:
+        """Whether the discriminator is a critic of unbounded scores (both WGANs)."""
+        return self in (GANLoss.WGAN, GANLoss.WGAN_GP)
 
 
 def discriminator_loss(kind: GANLoss, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -23,7 +30,8 @@ def discriminator_loss(kind: GANLoss, real: torch.Tensor, fake: torch.Tensor) ->
         return F.softplus(-real).mean() + F.softplus(fake).mean()  # -log D(x) - log(1 - D(G(z)))
     if kind is GANLoss.LSGAN:
         return 0.5 * ((real - 1.0).pow(2).mean() + fake.pow(2).mean())
-    return fake.mean() - real.mean()  # WGAN critic; the gradient penalty is added by the caller
+    # Both WGANs: the caller adds the gradient penalty (WGAN-GP) or clips the weights (WGAN).
+    return fake.mean() - real.mean()
 
 
 def generator_loss(kind: GANLoss, fake: torch.Tensor) -> torch.Tensor:
@@ -43,3 +51,11 @@ def gradient_penalty(
     x_hat = (alpha * real + (1.0 - alpha) * fake.detach()).requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1.0).pow(2).mean()
+
+
+@torch.no_grad()
+def clip_weights(params: Iterable[torch.nn.Parameter], clip: float) -> None:
+    """The original WGAN's Lipschitz constraint (Arjovsky et al. 2017): every critic parameter
+    clamped to [-clip, clip] after each critic update."""
+    for p in params:
+        p.clamp_(-clip, clip)

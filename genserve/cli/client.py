@@ -1,4 +1,5 @@
-"""The client verbs, calls to a running server: ``genserve models``, ``generate`` and ``translate``."""
+"""The client verbs, calls to a running server: ``genserve models``, ``generate``, ``translate`` and
+``likelihood``."""
 
 from __future__ import annotations
 
@@ -57,6 +58,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="SEED",
         help="samplers: -n frames along the slerp from image 0 of --seed to image 0 of SEED",
     )
+    p.add_argument(
+        "--temperature", type=float, help="sampling temperature (autoregressive models and flows; default: the model's)"
+    )
+    p.add_argument("--truncation", type=float, help="truncation psi in [0, 2] (style-based models; 1 = none)")
+    p.add_argument("--mix-seed", type=int, help="style mixing: the later layers take this seed's styles")
+    p.add_argument("--mix-layer", type=int, help="style mixing: the first layer with --mix-seed's styles")
     p.add_argument("--stream", action="store_true", help="show a progress bar while the server samples")
     p.add_argument(
         "--out", type=Path, required=True, help="X.png: one grid image; X.npy: uint8 array; else a folder of PNGs"
@@ -80,6 +87,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="X.npy: uint8 array; X.png: the image (a grid for several); else a folder of PNGs",
     )
     p.set_defaults(func=_translate)
+
+    p = client_parser("likelihood", "bits per dimension of images under a model with a likelihood (a flow)")
+    p.add_argument("--model", required=True, help="a model whose `genserve models` line says log-likelihood")
+    p.add_argument(
+        "--in",
+        dest="inputs",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="uint8 X.npy (N, H, W[, C]), one X.png, or a folder of PNGs",
+    )
+    p.set_defaults(func=_likelihood)
 
 
 def _rpc_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -123,9 +142,20 @@ def describe_model(info: ModelInfo) -> str:
         details.append(f"{info.num_classes} classes (--label 0..{info.num_classes - 1})")
     if info.kind is ModelKind.DIFFUSION:
         details.append(f"{info.num_timesteps} timesteps, default {info.default_steps} steps")
+    if info.num_steps:
+        details.append(f"{info.num_steps} steps (one per pixel)")
     if info.default_guidance is not None:
         details.append(f"--guidance 0..20, default {info.default_guidance:g}")
-    line = f"{info.name:<24} {info.kind.value:<10} {shape:<20} {', '.join(details)}"
+    if info.default_temperature is not None:
+        details.append(f"--temperature, default {info.default_temperature:g}")
+    if info.style_layers:
+        details.append(
+            f"{info.style_layers} style layers (--truncation, --mix-seed, --mix-layer 0..{info.style_layers})"
+        )
+    if info.likelihood:
+        details.append("log-likelihood (genserve likelihood)")
+    line = f"{info.name:<24} {info.kind.value:<14} {shape:<20} {', '.join(details)}"
+    line += f"\n    inputs: {', '.join(info.request_fields)}"
     return line + (f"\n    input: {info.input_description}" if info.input_description else "")
 
 
@@ -142,6 +172,10 @@ def _generate(args: argparse.Namespace) -> int:
             label=args.label,
             interpolate_to_seed=args.interpolate_to,
             guidance=args.guidance,
+            temperature=args.temperature,
+            truncation=args.truncation,
+            mix_seed=args.mix_seed,
+            mix_layer=args.mix_layer,
         )
         if args.stream:
             batch = _generate_with_progress(client, args.model, args.num_images, options)
@@ -189,6 +223,30 @@ def _translate(args: argparse.Namespace) -> int:
         batch = client.translate(args.model, sources, progress=bar.update)
     written = write_translations(batch, args.out, names)
     log.info("wrote %d images from %s to %s", len(batch), args.model, written)
+    return 0
+
+
+@_rpc_errors
+def _likelihood(args: argparse.Namespace) -> int:
+    """Prints one line per image (its name or index, bits per dimension), then the mean."""
+    import numpy as np
+
+    from genserve.client import GenserveClient
+
+    try:
+        sources, names = read_translate_input(args.inputs)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    if not isinstance(sources, np.ndarray):  # PNG files: decoded here, sent as one raw tensor
+        from genserve import images
+
+        sources = np.stack([images.decode_png(png) for png in sources])
+    with GenserveClient(args.server, timeout=args.timeout, credentials=connect.credentials(args)) as client:
+        bits = client.log_likelihood(args.model, sources)
+    for i, value in enumerate(bits):
+        print(f"{names[i] if names else i}\t{value:.4f}")
+    print(f"mean\t{float(bits.mean()):.4f} bits/dim over {len(bits)} images")
     return 0
 
 

@@ -15,7 +15,9 @@ IN_PROCESS = "in-process onnxruntime"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="judge a model's samples with the evaluation classifier (FID, confidence)")
+    p = sub.add_parser(
+        "eval", help="judge a model's samples with the evaluation classifier (FID, IS, MMD, precision, recall)"
+    )
     p.add_argument("model", type=Path, help="model name (folder under --models) or a model folder path")
     p.add_argument("--models", type=Path, help=f"model repository (default {DEFAULT_MODELS})")
     p.add_argument(
@@ -24,6 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, help="diffusion steps (default: the model's)")
     p.add_argument("--guidance", type=float, help="guidance scale (class-conditional diffusion; default: the model's)")
+    p.add_argument("--temperature", type=float, help="sampling temperature (autoregressive models, flows)")
+    p.add_argument("--truncation", type=float, help="truncation psi (style-based models; default 1 = none)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--server", help="HOST:PORT: sample through a running server instead of in-process")
     source.add_argument("--images", type=Path, help="judge a uint8 .npy of (N, 28, 28) images instead of sampling")
@@ -108,13 +112,17 @@ def _eval_task(args: argparse.Namespace, folder: Path) -> int:
     from genserve import images
     from genserve.training.evaluate import Evaluator, evaluate_task, record_metrics
 
-    metrics, tiles = evaluate_task(folder, args.num_images, args.seed, Evaluator(), args.steps, args.guidance)
+    options = {k: v for k, v in (("temperature", args.temperature), ("truncation", args.truncation)) if v is not None}
+    metrics, tiles = evaluate_task(
+        folder, args.num_images, args.seed, Evaluator(), args.steps, args.guidance, **options
+    )
     print(json.dumps({"model": folder.name, **metrics}, indent=2))
     if args.grid:
         images.save_grid(tiles, args.grid, nrow=10)
     if args.update_manifest:
         settings = {"num_images": args.num_images, "seed": args.seed, "source": IN_PROCESS}
         settings.update({k: v for k, v in (("steps", args.steps), ("guidance", args.guidance)) if v is not None})
+        settings.update(options)
         record_metrics(folder, metrics, settings)
         log.info("recorded the metrics in %s/manifest.json", folder)
     return 0

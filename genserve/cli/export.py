@@ -19,10 +19,15 @@ EXPORTS = {
     "gaussian": ("gaussian-mnist",),
     "vae": ("vae-mnist", "vae-mnist-reconstruct"),
     "cgan": ("cgan-mnist",),
+    "acgan": ("acgan-mnist",),
     "pix2pix": ("pix2pix-edges2mnist",),
     "srresnet": ("srresnet-mnist-x4",),
     "srgan": ("srgan-mnist-x4",),
     "cyclegan": ("cyclegan-mnist2digits", "cyclegan-digits2mnist"),
+    "pixelcnn": ("pixelcnn-mnist",),
+    "latent-diffusion": ("ldm-mnist",),
+    "stylegan": ("stylegan-mnist",),
+    "flow": ("realnvp-mnist",),
 }
 
 

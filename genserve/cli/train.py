@@ -18,10 +18,15 @@ FAMILY_TRAINERS = {
     "gaussian": ("gaussian", "GaussianTrainConfig", "train_gaussian"),
     "vae": ("vae", "VAETrainConfig", "train_vae"),
     "cgan": ("cgan", "CGANTrainConfig", "train_cgan"),
+    "acgan": ("acgan", "ACGANTrainConfig", "train_acgan"),
     "pix2pix": ("pix2pix", "Pix2PixTrainConfig", "train_pix2pix"),
     "srresnet": ("superres", "SRResNetTrainConfig", "train_srresnet"),
     "srgan": ("superres", "SRGANTrainConfig", "train_srgan"),
     "cyclegan": ("cyclegan", "CycleGANTrainConfig", "train_cyclegan"),
+    "pixelcnn": ("pixelcnn", "PixelCNNTrainConfig", "train_pixelcnn"),
+    "latent-diffusion": ("latent_diffusion", "LatentDiffusionTrainConfig", "train_latent_diffusion"),
+    "stylegan": ("stylegan", "StyleGANTrainConfig", "train_stylegan"),
+    "flow": ("flow", "FlowTrainConfig", "train_flow"),
 }
 
 

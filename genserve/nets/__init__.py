@@ -18,8 +18,12 @@ from genserve.nets.cgan import CGANConfig, CGANGenerator
 from genserve.nets.classifier import Classifier, ClassifierConfig
 from genserve.nets.cyclegan import CycleGAN, CycleGANConfig
 from genserve.nets.dcgan import DCGANConfig, Discriminator, Generator
+from genserve.nets.flow import Flow, FlowConfig
 from genserve.nets.gaussian import GaussianConfig, GaussianModel
+from genserve.nets.latent_diffusion import LatentDiffusion, LatentDiffusionConfig
 from genserve.nets.pix2pix import UNetGenerator, UNetTranslatorConfig
+from genserve.nets.pixelcnn import PixelCNN, PixelCNNConfig
+from genserve.nets.stylegan import StyleGANConfig, StyleGANGenerator
 from genserve.nets.superres import SRResNet, SRResNetConfig
 from genserve.nets.unet import UNet, UNetConfig
 from genserve.nets.vae import VAE, VAEConfig
@@ -35,6 +39,10 @@ FAMILIES: dict[str, tuple[type, type]] = {
     "unet_translator": (UNetGenerator, UNetTranslatorConfig),
     "srresnet": (SRResNet, SRResNetConfig),
     "cyclegan": (CycleGAN, CycleGANConfig),
+    "pixelcnn": (PixelCNN, PixelCNNConfig),
+    "latent_diffusion": (LatentDiffusion, LatentDiffusionConfig),
+    "stylegan_generator": (StyleGANGenerator, StyleGANConfig),
+    "flow": (Flow, FlowConfig),
 }
 
 

@@ -64,8 +64,9 @@ def step_module(unet: nn.Module) -> nn.Module:
 
 def update(eps: torch.Tensor, x: torch.Tensor, coef: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """The sampler update from the predicted ε, with per-slot coefficients (``schedule.COEF_COLUMNS``):
-    x̂₀ = c0·x − c1·ε clipped to ±c5, then x_prev = c2·x̂₀ + c3·x + c4·noise."""
-    c = coef[:, :, None, None]  # (B, 6, 1, 1)
+    x̂₀ = c0·x − c1·ε clipped to ±c5, then x_prev = c2·x̂₀ + c3·x + c4·noise. ``x`` has any rank:
+    an image (B, C, H, W) or a latent vector (B, D) (latent diffusion)."""
+    c = coef[(slice(None), slice(None)) + (None,) * (x.dim() - 2)]  # (B, 6, 1, 1) for an image, (B, 6) for a vector
     x0 = c[:, 0:1] * x - c[:, 1:2] * eps
     clip = c[:, 5:6]
     x0 = torch.minimum(torch.maximum(x0, -clip), clip)

@@ -13,6 +13,7 @@ class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_KIND_SAMPLER: _ClassVar[ModelKind]
     MODEL_KIND_TRANSLATOR: _ClassVar[ModelKind]
     MODEL_KIND_DIFFUSION: _ClassVar[ModelKind]
+    MODEL_KIND_AUTOREGRESSIVE: _ClassVar[ModelKind]
 
 class Sampler(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -36,6 +37,7 @@ MODEL_KIND_UNSPECIFIED: ModelKind
 MODEL_KIND_SAMPLER: ModelKind
 MODEL_KIND_TRANSLATOR: ModelKind
 MODEL_KIND_DIFFUSION: ModelKind
+MODEL_KIND_AUTOREGRESSIVE: ModelKind
 SAMPLER_UNSPECIFIED: Sampler
 SAMPLER_DDPM: Sampler
 SAMPLER_DDIM: Sampler
@@ -58,7 +60,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "kind", "version", "image_shape", "max_images_per_request", "diffusion", "metrics", "metrics_json", "description", "dataset", "num_classes", "latent_dim", "input_shape", "input_description")
+    __slots__ = ("name", "kind", "version", "image_shape", "max_images_per_request", "diffusion", "metrics", "metrics_json", "description", "dataset", "num_classes", "latent_dim", "input_shape", "input_description", "default_temperature", "style_layers", "log_likelihood", "num_steps", "request_fields")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +82,11 @@ class ModelInfo(_message.Message):
     LATENT_DIM_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
     INPUT_DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    STYLE_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    LOG_LIKELIHOOD_FIELD_NUMBER: _ClassVar[int]
+    NUM_STEPS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: ModelKind
     version: str
@@ -94,7 +101,12 @@ class ModelInfo(_message.Message):
     latent_dim: int
     input_shape: ImageShape
     input_description: str
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., version: _Optional[str] = ..., image_shape: _Optional[_Union[ImageShape, _Mapping]] = ..., max_images_per_request: _Optional[int] = ..., diffusion: _Optional[_Union[DiffusionInfo, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., metrics_json: _Optional[str] = ..., description: _Optional[str] = ..., dataset: _Optional[str] = ..., num_classes: _Optional[int] = ..., latent_dim: _Optional[int] = ..., input_shape: _Optional[_Union[ImageShape, _Mapping]] = ..., input_description: _Optional[str] = ...) -> None: ...
+    default_temperature: float
+    style_layers: int
+    log_likelihood: bool
+    num_steps: int
+    request_fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., version: _Optional[str] = ..., image_shape: _Optional[_Union[ImageShape, _Mapping]] = ..., max_images_per_request: _Optional[int] = ..., diffusion: _Optional[_Union[DiffusionInfo, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., metrics_json: _Optional[str] = ..., description: _Optional[str] = ..., dataset: _Optional[str] = ..., num_classes: _Optional[int] = ..., latent_dim: _Optional[int] = ..., input_shape: _Optional[_Union[ImageShape, _Mapping]] = ..., input_description: _Optional[str] = ..., default_temperature: _Optional[float] = ..., style_layers: _Optional[int] = ..., log_likelihood: _Optional[bool] = ..., num_steps: _Optional[int] = ..., request_fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ImageShape(_message.Message):
     __slots__ = ("channels", "height", "width")
@@ -119,7 +131,7 @@ class DiffusionInfo(_message.Message):
     def __init__(self, num_timesteps: _Optional[int] = ..., default_steps: _Optional[int] = ..., default_sampler: _Optional[_Union[Sampler, str]] = ..., default_guidance: _Optional[float] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "num_images", "seed", "steps", "sampler", "eta", "encoding", "timeout_ms", "priority", "label", "interpolate_to_seed", "guidance", "first_index")
+    __slots__ = ("model", "num_images", "seed", "steps", "sampler", "eta", "encoding", "timeout_ms", "priority", "label", "interpolate_to_seed", "guidance", "first_index", "temperature", "truncation", "mix_seed", "mix_layer")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NUM_IMAGES_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +145,10 @@ class GenerateRequest(_message.Message):
     INTERPOLATE_TO_SEED_FIELD_NUMBER: _ClassVar[int]
     GUIDANCE_FIELD_NUMBER: _ClassVar[int]
     FIRST_INDEX_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATION_FIELD_NUMBER: _ClassVar[int]
+    MIX_SEED_FIELD_NUMBER: _ClassVar[int]
+    MIX_LAYER_FIELD_NUMBER: _ClassVar[int]
     model: str
     num_images: int
     seed: int
@@ -146,7 +162,11 @@ class GenerateRequest(_message.Message):
     interpolate_to_seed: int
     guidance: float
     first_index: int
-    def __init__(self, model: _Optional[str] = ..., num_images: _Optional[int] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., eta: _Optional[float] = ..., encoding: _Optional[_Union[ImageEncoding, str]] = ..., timeout_ms: _Optional[int] = ..., priority: _Optional[int] = ..., label: _Optional[int] = ..., interpolate_to_seed: _Optional[int] = ..., guidance: _Optional[float] = ..., first_index: _Optional[int] = ...) -> None: ...
+    temperature: float
+    truncation: float
+    mix_seed: int
+    mix_layer: int
+    def __init__(self, model: _Optional[str] = ..., num_images: _Optional[int] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., eta: _Optional[float] = ..., encoding: _Optional[_Union[ImageEncoding, str]] = ..., timeout_ms: _Optional[int] = ..., priority: _Optional[int] = ..., label: _Optional[int] = ..., interpolate_to_seed: _Optional[int] = ..., guidance: _Optional[float] = ..., first_index: _Optional[int] = ..., temperature: _Optional[float] = ..., truncation: _Optional[float] = ..., mix_seed: _Optional[int] = ..., mix_layer: _Optional[int] = ...) -> None: ...
 
 class GenerateStreamRequest(_message.Message):
     __slots__ = ("request", "preview_every")
@@ -199,6 +219,28 @@ class TranslateResponse(_message.Message):
     model: str
     images: _containers.RepeatedCompositeFieldContainer[Image]
     def __init__(self, model: _Optional[str] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ...) -> None: ...
+
+class LogLikelihoodRequest(_message.Message):
+    __slots__ = ("model", "pngs", "raw", "timeout_ms", "priority")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PNGS_FIELD_NUMBER: _ClassVar[int]
+    RAW_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    pngs: _containers.RepeatedScalarFieldContainer[bytes]
+    raw: Tensor
+    timeout_ms: int
+    priority: int
+    def __init__(self, model: _Optional[str] = ..., pngs: _Optional[_Iterable[bytes]] = ..., raw: _Optional[_Union[Tensor, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., priority: _Optional[int] = ...) -> None: ...
+
+class LogLikelihoodResponse(_message.Message):
+    __slots__ = ("model", "bits_per_dim")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BITS_PER_DIM_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    bits_per_dim: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, model: _Optional[str] = ..., bits_per_dim: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Image(_message.Message):
     __slots__ = ("png", "raw")

@@ -61,6 +61,11 @@ class GenerationServiceStub:
                 request_serializer=genserve_dot_v1_dot_genserve__pb2.TranslateRequest.SerializeToString,
                 response_deserializer=genserve_dot_v1_dot_genserve__pb2.TranslateResponse.FromString,
                 _registered_method=True)
+        self.LogLikelihood = channel.unary_unary(
+                '/genserve.v1.GenerationService/LogLikelihood',
+                request_serializer=genserve_dot_v1_dot_genserve__pb2.LogLikelihoodRequest.SerializeToString,
+                response_deserializer=genserve_dot_v1_dot_genserve__pb2.LogLikelihoodResponse.FromString,
+                _registered_method=True)
 
 
 class GenerationServiceServicer:
@@ -105,6 +110,14 @@ class GenerationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LogLikelihood(self, request, context):
+        """The likelihood of each submitted image under a model that has one (ModelInfo.log_likelihood:
+        normalizing flows), in bits per dimension. Batched, limited and prioritised as Translate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GenerationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +140,11 @@ def add_GenerationServiceServicer_to_server(servicer, server):
                     servicer.Translate,
                     request_deserializer=genserve_dot_v1_dot_genserve__pb2.TranslateRequest.FromString,
                     response_serializer=genserve_dot_v1_dot_genserve__pb2.TranslateResponse.SerializeToString,
+            ),
+            'LogLikelihood': grpc.unary_unary_rpc_method_handler(
+                    servicer.LogLikelihood,
+                    request_deserializer=genserve_dot_v1_dot_genserve__pb2.LogLikelihoodRequest.FromString,
+                    response_serializer=genserve_dot_v1_dot_genserve__pb2.LogLikelihoodResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -244,6 +262,33 @@ class GenerationService:
             '/genserve.v1.GenerationService/Translate',
             genserve_dot_v1_dot_genserve__pb2.TranslateRequest.SerializeToString,
             genserve_dot_v1_dot_genserve__pb2.TranslateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LogLikelihood(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genserve.v1.GenerationService/LogLikelihood',
+            genserve_dot_v1_dot_genserve__pb2.LogLikelihoodRequest.SerializeToString,
+            genserve_dot_v1_dot_genserve__pb2.LogLikelihoodResponse.FromString,
             options,
             channel_credentials,
             insecure,

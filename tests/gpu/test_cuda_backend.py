@@ -58,6 +58,6 @@ def test_device_slots_serve_onnx_runtimes_images_and_stay_batch_invariant():
 
 def test_the_step_graph_runs_where_the_weights_are():
     engine = ModelRunner(MODELS / "ddpm-mnist", Backend.CUDA).engine
-    state = engine.open_slots((1, 28, 28), 8, 1000, conditional=False)
+    state = engine.open_slots(8, 1000)
     assert state.x.is_cuda and state.timesteps.is_cuda
     assert (MODELS / "ddpm-mnist" / WEIGHTS_DIR).is_dir()

@@ -173,7 +173,13 @@ def test_reflection_lists_and_describes_the_services(server):
         assert "grpc.health.v1.Health" in services
         file = database.FindFileContainingSymbol("genserve.v1.GenerationService")
     assert file.name == "genserve/v1/genserve.proto"
-    assert [m.name for m in file.service[0].method] == ["ListModels", "Generate", "GenerateStream", "Translate"]
+    assert [m.name for m in file.service[0].method] == [
+        "ListModels",
+        "Generate",
+        "GenerateStream",
+        "Translate",
+        "LogLikelihood",
+    ]
 
 
 def test_a_call_past_its_deadline_stops_and_frees_its_model(server):

@@ -1,0 +1,142 @@
+"""The normalizing flow: exact invertibility both ways, the log-determinant and the bits per
+dimension it serves, and ONNX export of both served graphs."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.autograd.functional import jacobian
+
+from genserve.export.onnx_export import PARITY_ATOL, check_parity, export_onnx
+from genserve.images import to_uint8
+from genserve.nets.flow import (
+    Flow,
+    FlowConfig,
+    FlowLikelihood,
+    FlowSampler,
+    levels_to_logit,
+    squeeze,
+    unsqueeze,
+)
+from genserve.nets.graphs import graph_of, servable_module
+from genserve.training.flow import FlowTrainConfig, held_out_bits_per_dim, learning_rate
+
+ROUND_TRIP_ATOL = 1e-4
+
+
+def random_flow(config: FlowConfig, seed: int = 0) -> Flow:
+    """A flow with every coupling away from its identity start and actnorm initialised on data,
+    in eval mode: what a trained checkpoint looks like to these tests."""
+    torch.manual_seed(seed)
+    net = Flow(config)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        levels = torch.randint(0, 256, (16, config.image_channels, config.image_size, config.image_size)).float()
+        net.train().bits_per_dim(levels, torch.rand(levels.shape))  # actnorm's data-dependent init
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def mnist_flow() -> Flow:
+    return random_flow(FlowConfig(hidden=16, steps_per_level=3))
+
+
+@pytest.fixture(scope="module")
+def tiny_flow() -> Flow:
+    return random_flow(FlowConfig(image_size=8, hidden=8, steps_per_level=2))
+
+
+def test_squeeze_and_unsqueeze_are_inverse_permutations():
+    x = torch.randn(3, 2, 8, 8)
+    assert squeeze(x).shape == (3, 8, 4, 4)
+    assert torch.equal(unsqueeze(squeeze(x)), x)
+    assert torch.equal(squeeze(x).sort(dim=1).values.flatten().sort().values, x.flatten().sort().values)
+
+
+@torch.no_grad()
+def test_inverse_of_forward_reconstructs_the_input(mnist_flow):
+    levels = torch.randint(0, 256, (8, 1, 28, 28)).float()
+    s, _ = levels_to_logit(levels, torch.rand(levels.shape), mnist_flow.config.logit_alpha)
+    z, _ = mnist_flow(s)
+    assert z.shape == (8, 784)
+    assert (mnist_flow.inverse(z) - s).abs().max().item() <= ROUND_TRIP_ATOL
+
+
+@torch.no_grad()
+def test_forward_of_inverse_reconstructs_the_latent(mnist_flow):
+    z = torch.randn(8, 784)
+    assert (mnist_flow(mnist_flow.inverse(z))[0] - z).abs().max().item() <= ROUND_TRIP_ATOL
+
+
+@torch.no_grad()
+def test_the_served_sampler_inverts_an_image_back_to_its_levels(mnist_flow):
+    """image -> z at the bin centres -> FlowSampler -> the server's uint8 conversion: the same digit."""
+    levels = torch.randint(0, 256, (4, 1, 28, 28)).float()
+    s, _ = levels_to_logit(levels, 0.5, mnist_flow.config.logit_alpha)
+    image = FlowSampler(mnist_flow)(mnist_flow(s)[0])
+    assert image.abs().max() <= 1.0
+    np.testing.assert_array_equal(to_uint8(image.numpy())[..., 0], levels[:, 0].numpy().astype(np.uint8))
+
+
+def test_the_logdet_is_the_log_determinant_of_the_jacobian(tiny_flow):
+    net = tiny_flow.double()
+    try:
+        s = torch.randn(1, 1, 8, 8, dtype=torch.float64)
+        jac = jacobian(lambda t: net(t.view(1, 1, 8, 8))[0].flatten(), s.flatten())  # (64, 64)
+        assert net(s)[1].item() == pytest.approx(torch.linalg.slogdet(jac)[1].item(), abs=1e-8)
+    finally:
+        tiny_flow.float()
+
+
+def test_the_preprocessing_logdet_is_the_derivative_of_the_logit():
+    levels = torch.tensor([0.0, 17.0, 128.0, 255.0], dtype=torch.float64).requires_grad_(True)
+    s, logdet = levels_to_logit(levels.view(1, 4), 0.5, alpha=0.05)
+    (grad,) = torch.autograd.grad(s.sum(), levels)
+    assert logdet.item() == pytest.approx(grad.log().sum().item(), abs=1e-10)
+
+
+@torch.no_grad()
+def test_likelihood_graph_is_the_centre_point_bits_per_dim_of_the_discrete_image(mnist_flow):
+    levels = torch.randint(0, 256, (5, 1, 28, 28)).float()
+    served = FlowLikelihood(mnist_flow)(levels / 127.5 - 1.0)
+    assert served.shape == (5,)
+    s, logdet_pre = levels_to_logit(levels, 0.5, mnist_flow.config.logit_alpha)
+    z, logdet = mnist_flow(s)
+    log_p = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(1) + logdet + logdet_pre
+    torch.testing.assert_close(served, -log_p / (784 * math.log(2.0)))
+
+
+@torch.no_grad()
+def test_a_flow_that_is_the_identity_gives_the_bits_of_a_gaussian_in_logit_space():
+    """With every layer at its start (zero couplings, no actnorm init) only the 1x1 rotations remain:
+    bits/dim is then the standard normal's density of s plus the preprocessing term alone."""
+    net = Flow(FlowConfig(image_size=8, hidden=4, steps_per_level=1)).eval()
+    levels = torch.full((1, 1, 8, 8), 100.0)
+    s, logdet_pre = levels_to_logit(levels, 0.5, 0.05)
+    expected = (0.5 * (s.pow(2) + math.log(2 * math.pi)).sum() - logdet_pre.sum()) / (64 * math.log(2.0))
+    assert net.bits_per_dim(levels, 0.5).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_held_out_estimate_averages_the_dequantization_draws(tiny_flow):
+    images = np.random.default_rng(0).integers(0, 256, (6, 8, 8), dtype=np.uint8)
+    one = held_out_bits_per_dim(tiny_flow, images, draws=1, seed=3)
+    assert held_out_bits_per_dim(tiny_flow, images, draws=1, seed=3) == one  # deterministic given the seed
+    assert held_out_bits_per_dim(tiny_flow, images, draws=4, seed=3) == pytest.approx(one, abs=0.05)
+
+
+def test_learning_rate_warms_up_then_decays_to_its_floor():
+    config = FlowTrainConfig(steps=1000, lr=1e-3, warmup_steps=100, min_lr_fraction=0.1)
+    assert learning_rate(config, 0) == pytest.approx(1e-5)
+    assert learning_rate(config, 99) == pytest.approx(1e-3)
+    assert learning_rate(config, 999) == pytest.approx(1e-4, rel=1e-3)
+
+
+@pytest.mark.parametrize("view", ["default", "likelihood"])
+def test_both_served_graphs_export_to_onnx_with_parity(tiny_flow, view, tmp_path):
+    cfg = {"image_channels": 1, "image_size": 8}
+    module, _ = servable_module(tiny_flow, "flow", view)
+    signature = graph_of("flow", view).signature(cfg)
+    errors = check_parity(module, export_onnx(module, signature, tmp_path / f"{view}.onnx"), signature)
+    assert max(errors.values()) <= PARITY_ATOL
