@@ -109,9 +109,9 @@ def plot(rows: list[dict[str, Any]], title: str, out: Path) -> Path:
         axes[1].bar([i - width / 2 for i in x], [r["confident_fraction"] for r in rows], width, label="confident")
         axes[1].bar([i + width / 2 for i in x], [r["asked_class_fraction"] for r in rows], width, label="asked class")
         axes[1].axhline(0.95, color="gray", linestyle=":", linewidth=1, label="target 0.95 (asked class)")
-        axes[1].set_ylim(0, 1.05)
+        axes[1].set_ylim(0, 1.3)  # room for the legend above the bars
         axes[1].set_ylabel("fraction of samples (higher is better)")
-        axes[1].legend(loc="lower right")
+        axes[1].legend(loc="upper right")
         for ax in axes:
             ax.set_xticks(list(x), names)
             ax.set_xlabel("GAN objective")

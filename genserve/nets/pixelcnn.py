@@ -41,6 +41,9 @@ class PixelCNNConfig:
     # three layers at the cost of 1 + 1 + 1, so a few narrow layers see most of a digit.
     dilation_cycle: tuple[int, ...] = (1, 2, 4)
     head_channels: int = 64  # hidden width of the per-pixel 1x1 head before the softmax logits
+    # Channels of a learned image per class, fed with the pixels: where each class puts its ink,
+    # which the gates' position-independent class bias cannot say (0: the bias alone, as the paper).
+    class_map_channels: int = 4
 
     def layer_shapes(self) -> list[tuple[int, int]]:
         """(kernel, dilation) of each gated layer."""
@@ -117,9 +120,15 @@ class PixelCNN(nn.Module):
             raise ValueError("this PixelCNN models one channel (image_channels=1)")
         self.config = config
         c = config.channels
-        # Input: the image and a channel of ones, so the zero padding is told apart from mid-grey.
+        k_map = config.class_map_channels if config.num_classes else 0
+        size = config.image_size
+        # Depends on the label only, never on pixels, so every position may see all of it.
+        self.class_map = nn.Embedding(config.num_classes, k_map * size * size) if k_map else None
+        if self.class_map is not None:
+            nn.init.zeros_(self.class_map.weight)
+        # Input: the image, the class map, and a channel of ones that tells the zero padding apart.
         self.layers = nn.ModuleList(
-            GatedLayer(2 if i == 0 else c, c, k, d, config.num_classes, residual=i > 0)
+            GatedLayer(2 + k_map if i == 0 else c, c, k, d, config.num_classes, residual=i > 0)
             for i, (k, d) in enumerate(config.layer_shapes())
         )
         # After layer l, the rows of the vertical stack a window still needs: the last row and the
@@ -133,17 +142,26 @@ class PixelCNN(nn.Module):
             nn.Conv2d(config.head_channels, config.levels, 1),
         )
 
-    def features(
-        self, x: torch.Tensor, label: torch.Tensor | None = None, inside: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """x (B, 1, H, W) in [-1, 1] -> horizontal-stack features (B, C, H, W); position p sees pixels < p.
+    def inputs(self, x: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, 1, H, W) and the label's class map -> the stacks' per-pixel inputs (B, 1 + K, H, W)."""
+        if self.class_map is None:
+            return x
+        b, _, height, width = x.shape
+        return torch.cat([x, self.class_map(label).view(b, -1, height, width)], dim=1)
 
-        With ``inside`` (B, 1, rows_up + 1, 1), x is a window of rows that ends at one pixel's row and
-        may reach above the image (``inside`` 1 on the image's rows, 0 above it) -> the features of
-        the window's last row only (B, C, 1, W), equal to the whole image's on that row: the
-        horizontal stack runs on that row alone and the vertical one on the rows still in reach."""
-        ones = torch.ones_like(x) if inside is None else inside.expand_as(x)
-        x = torch.cat([x, ones], dim=1)  # (B, 2, H, W)
+    def features(
+        self, inputs: torch.Tensor, label: torch.Tensor | None = None, inside: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``inputs(x, label)`` (B, 1 + K, H, W) -> horizontal-stack features (B, C, H, W); position p
+        sees pixels < p.
+
+        With ``inside`` (B, 1, rows_up + 1, 1), the inputs are a window of rows that ends at one
+        pixel's row and may reach above the image (``inside`` 1 on the image's rows, 0 above it) ->
+        the features of the window's last row only (B, C, 1, W), equal to the whole image's on that
+        row: the horizontal stack runs on that row alone and the vertical one on the rows still in reach."""
+        b, _, height, width = inputs.shape
+        ones = inputs.new_ones(b, 1, height, width) if inside is None else inside.expand(b, 1, height, width)
+        x = torch.cat([inputs, ones], dim=1)  # (B, 2 + K, H, W)
         v, h = x, right_shift(x)  # the horizontal stack starts one column right: column j sees < j
         if inside is not None:
             h = h[:, :, -1:]
@@ -155,7 +173,7 @@ class PixelCNN(nn.Module):
 
     def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, 1, H, W) in [-1, 1] on the levels v / 127.5 - 1, label (B,) int64 -> logits (B, levels, H, W)."""
-        return self.head(self.features(x, label))
+        return self.head(self.features(self.inputs(x, label), label))
 
 
 class PixelCNNStep(nn.Module):
@@ -176,9 +194,11 @@ class PixelCNNStep(nn.Module):
         rows = self.net.config.rows_up + 1
         t = t.clamp(0, height * width - 1)
         row, col = t // width, t % width  # (B,)
-        padded = F.pad(x, (0, 0, rows - 1, 0))  # (B, 1, rows - 1 + H, W): zero rows above the image
+        padded = F.pad(self.net.inputs(x, label), (0, 0, rows - 1, 0))  # (B, 1 + K, rows - 1 + H, W)
         index = row[:, None] + torch.arange(rows, device=x.device)  # (B, rows): padded rows row - rows + 1 .. row
-        window = padded.gather(2, index[:, None, :, None].expand(b, 1, rows, width))  # (B, 1, rows, W)
+        index = index[:, None, :, None].expand(b, padded.shape[1], rows, width)
+        window = padded.gather(2, index)  # (B, 1 + K, rows, W): zero rows above the image
+        index = index[:, 0, :, 0]  # (B, rows)
         inside = (index >= rows - 1).to(x.dtype)[:, None, :, None]  # (B, 1, rows, 1)
         feats = self.net.features(window, label, inside)[:, :, 0]  # (B, C, W): pixel t's row
         at = col[:, None, None].expand(b, feats.shape[1], 1)  # (B, C, 1)

@@ -1,0 +1,75 @@
+"""The quality tables of docs/models.md, from the bundled models' manifests (``metrics``).
+
+    python -m benchmarks.quality_table            # Markdown on stdout
+
+Every figure comes from ``models/<name>/manifest.json``, which ``genserve eval <name>
+--update-manifest`` writes; the real-vs-real references (floor, IS, MMD, precision/recall of
+as many real digits) are in each manifest too and are the same for every row of a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from genserve.cli.defaults import DEFAULT_MODELS
+
+# Rows in the order the tables show them; the note says what was asked for.
+SAMPLERS = {
+    "gaussian-mnist": "baseline",
+    "vae-mnist": "",
+    "dcgan-mnist": "",
+    "stylegan-mnist": "ψ = 1",
+    "realnvp-mnist": "T = 1",
+    "pixelcnn-mnist": "labels 0..9 in turn",
+    "cgan-mnist": "labels 0..9 in turn",
+    "acgan-mnist": "labels 0..9 in turn",
+    "ddpm-mnist": "1000 DDPM steps",
+    "ddpm-cond-mnist": "labels 0..9 in turn, w = 2, 1000 DDPM steps",
+    "ldm-mnist": "1000 DDPM steps",
+}
+TRANSLATORS = ("vae-mnist-reconstruct", "pix2pix-edges2mnist", "srresnet-mnist-x4", "srgan-mnist-x4")
+HEADER = "| model | FID / floor | confident | classes | IS | MMD | precision | recall |"
+RULE = "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+
+
+def _row(name: str, metrics: dict, note: str) -> str:
+    asked = metrics.get("asked_class_fraction")
+    classes = f"{metrics['num_classes_present']}" + (f" ({asked:.0%} asked)" if asked is not None else "")
+    label = f"`{name}`" + (f" ({note})" if note else "")
+    quality = f"{metrics['fid_ratio']:.2f} | {metrics['confident_fraction']:.2f} | {classes}"
+    m = metrics
+    more = f"{m['inception_score']:.2f} | {m['mmd']:.0f} | {m['precision']:.2f} | {m['recall']:.2f}"
+    return f"| {label} | {quality} | {more} |"
+
+
+def _reference(metrics: dict) -> str:
+    return (
+        f"real digits: FID floor {metrics['fid_floor']:.1f}, IS {metrics['inception_score_real']:.2f}, "
+        f"MMD {metrics['mmd_real']:.0f}, precision {metrics['precision_real']:.2f}, recall {metrics['recall_real']:.2f}"
+    )
+
+
+def tables(models: Path) -> str:
+    def metrics(name: str) -> dict | None:
+        path = models / name / "manifest.json"
+        return json.loads(path.read_text())["metrics"] if path.exists() else None
+
+    out = []
+    for title, names in (("Samplers (100 samples)", SAMPLERS), ("Translators", dict.fromkeys(TRANSLATORS, ""))):
+        rows = [(n, m, note) for n, note in names.items() if (m := metrics(n)) and "inception_score" in m]
+        out += [f"{title}; {_reference(rows[0][1])}", "", HEADER, RULE]
+        out += [_row(n, m, note) for n, m, note in rows]
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=Path, default=DEFAULT_MODELS)
+    print(tables(parser.parse_args().models))
+
+
+if __name__ == "__main__":
+    main()
