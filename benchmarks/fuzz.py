@@ -188,8 +188,8 @@ class Corpus:
             ]
         if name == "Translate":
             return [self.translate(rng)]
-        if name == "LogLikelihood" and self.likelihoods:
-            return [self.likelihood(rng)]
+        if name == "LogLikelihood":  # no valid call without a model that has a likelihood
+            return [self.likelihood(rng)] if self.likelihoods else []
         if name == "ModelInfer":
             return [self.infer(rng)]
         if name == "ModelStreamInfer":
@@ -1021,8 +1021,9 @@ def _make_case(index: int, rng: random.Random, methods: list[Method], corpus: Co
     method = rng.choices(methods, weights=[weight(m) for m in methods])[0]
     valid = corpus.valid(method, rng)
     kind = rng.choices(("valid", "random", "extreme", "semantic", "bytes"), weights=(8, 12, 15, 20, 45))[0]
-    if kind == "valid":
+    if kind == "valid" and valid:
         return Case(index, method, "valid", [m.SerializeToString() for m in valid])
+    valid = valid or [message_class(method.request)()]
     if kind == "semantic" and (made := semantic(method, corpus, rng)) is not None:
         case, messages = made
         return Case(index, method, f"semantic:{case}", [m.SerializeToString() for m in messages])
