@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from genserve.nets import load_checkpoint, save_checkpoint
 from genserve.nets.step import sample, step_module
 from genserve.nets.unet import UNet, UNetConfig
 from genserve.training.data import batches, mnist_splits, to_model_range
-from genserve.training.loop import EMA, load_state, save_state, seed_everything
+from genserve.training.loop import EMA, load_state, save_state, seed_everything, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +51,7 @@ class DDPMTrainConfig:
 
 def learning_rate(config: DDPMTrainConfig, step: int) -> float:
     """Linear warm-up, then cosine decay to ``min_lr`` at ``steps``."""
-    if step < config.warmup:
-        return config.lr * (step + 1) / config.warmup
-    progress = min(1.0, (step - config.warmup) / max(1, config.steps - config.warmup))
-    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
+    return warmup_cosine(step, config.steps, config.lr, config.warmup, config.min_lr)
 
 
 def train_ddpm(out: Path, config: DDPMTrainConfig) -> Path:

@@ -31,7 +31,14 @@ from genserve.nets.latent_diffusion import (
 )
 from genserve.nets.vae import VAE
 from genserve.training.data import batches, mnist_splits, to_model_range
-from genserve.training.loop import EMA, run_steps, save_family_checkpoint, save_sample_grid, seed_everything
+from genserve.training.loop import (
+    EMA,
+    run_steps,
+    save_family_checkpoint,
+    save_sample_grid,
+    seed_everything,
+    warmup_cosine,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +72,7 @@ class LatentDiffusionTrainConfig:
 
 def learning_rate(config: LatentDiffusionTrainConfig, step: int) -> float:
     """Linear warm-up, then cosine decay to ``min_lr`` at ``steps``."""
-    if step < config.warmup:
-        return config.lr * (step + 1) / config.warmup
-    progress = min(1.0, (step - config.warmup) / max(1, config.steps - config.warmup))
-    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
+    return warmup_cosine(step, config.steps, config.lr, config.warmup, config.min_lr)
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -44,6 +45,15 @@ class EMA:
             ema_p.lerp_(p.detach(), 1.0 - d)
         for ema_b, b in zip(self.model.buffers(), model.buffers(), strict=True):
             ema_b.copy_(b)
+
+
+def warmup_cosine(step: int, steps: int, lr: float, warmup: int, min_lr: float) -> float:
+    """The learning rate at ``step``: linear warm-up over ``warmup`` steps to ``lr``, then cosine
+    decay to ``min_lr`` at ``steps``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
 def save_state(folder: Path, step: int, generator: torch.Generator, **objects) -> None:
