@@ -145,7 +145,7 @@ SERVED: dict[str, Servable] = {
         "the final latent into the image",
         "sample",
         half_weights=True,
-        extra_graphs=(("decoder", "decode"),),
+        extra_graphs=((mf.DECODER_GRAPH, "decode"),),
     ),
     "cgan-mnist": Servable(
         "cgan-mnist", "class-conditional GAN (Mirza & Osindero 2014), projection discriminator", "conditional"
@@ -212,7 +212,7 @@ SERVED: dict[str, Servable] = {
         "LU 1x1 convolutions, affine couplings, logit preprocessing; z ~ N(0, I) times the temperature -> "
         "image, exactly invertible; the likelihood graph gives bits/dim of an image",
         "sample",
-        extra_graphs=(("likelihood", "likelihood"),),
+        extra_graphs=((mf.LIKELIHOOD_GRAPH, "likelihood"),),
         default_temperature=1.0,  # the temperature sweep in docs/models.md: lower ones are no better
     ),
 }

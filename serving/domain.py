@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from genserve.manifest import Manifest
+from genserve.manifest import LIKELIHOOD_GRAPH, Manifest
 from genserve.schedule import Sampler, VarianceType
 from genserve.signature import ModelKind
 
@@ -142,7 +142,7 @@ class ModelInfo:
             input_description=manifest.input_description,
             default_temperature=manifest.default_temperature,
             style_layers=manifest.style_layers,
-            likelihood="likelihood" in manifest.graphs,
+            likelihood=LIKELIHOOD_GRAPH in manifest.graphs,
             num_steps=manifest.image_shape[1] * manifest.image_shape[2]
             if manifest.kind is ModelKind.AUTOREGRESSIVE
             else None,

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from genserve.manifest import Manifest, discover
+from genserve.manifest import LIKELIHOOD_GRAPH, Manifest, discover
 from genserve.serving.config import Backend, EngineOptions, ModelSettings, Precision, ServerConfig
 from genserve.serving.diffusion import DiffusionScheduler
 from genserve.serving.domain import ModelInfo
@@ -68,7 +68,7 @@ class LikelihoodGraph:
     def __init__(self, runner: ModelRunner):
         self.runner = runner
         self.name = runner.name
-        self.engines = runner.graph_engines["likelihood"]
+        self.engines = runner.graph_engines[LIKELIHOOD_GRAPH]
 
     def validate(self, request) -> None:
         self.runner.validate(request)

@@ -203,13 +203,7 @@ class ModelRunner:
             raise InvalidArgument(
                 f"LogLikelihood takes models with a likelihood (normalizing flows); {m.name} has none"
             )
-        self._check_count(request.num_images, "the number of images")
-        c, h, w = m.image_shape
-        for i, image in enumerate(request.images):
-            if image.shape != (h, w, c):
-                raise InvalidArgument(
-                    f"expected {w}x{h} {_channels(c)} images for {m.name}, got {_describe(image)} at index {i}"
-                )
+        self._check_images(request.images, m.image_shape)
 
     def _guidance(self, guidance: float | None) -> float | None:
         m = self.manifest
@@ -265,12 +259,17 @@ class ModelRunner:
             raise InvalidArgument(
                 f"Translate takes translator models; {m.name} is a {m.kind.value} model (use Generate)"
             )
-        self._check_count(request.num_images, "the number of images")
-        c, h, w = m.input_shape
-        for i, image in enumerate(request.images):
+        self._check_images(request.images, m.input_shape)
+
+    def _check_images(self, images: Sequence[np.ndarray], shape: tuple[int, int, int]) -> None:
+        """Between 1 and ``max_images`` images, each (H, W, C) of ``shape`` (C, H, W); else
+        InvalidArgument naming the first one that is not, by its index."""
+        self._check_count(len(images), "the number of images")
+        c, h, w = shape
+        for i, image in enumerate(images):
             if image.shape != (h, w, c):
                 raise InvalidArgument(
-                    f"expected {w}x{h} {_channels(c)} images for {m.name}, got {_describe(image)} at index {i}"
+                    f"expected {w}x{h} {_channels(c)} images for {self.name}, got {_describe(image)} at index {i}"
                 )
 
     def generate(self, request: Request, cancelled: threading.Event | None = None, instance: int = 0) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from genserve.nets.cgan import CGANConfig
+from genserve.nets.cgan import CGANConfig, discriminator_body
 from genserve.nets.dcgan import init_weights
 
 
@@ -18,18 +18,7 @@ class ACGANDiscriminator(nn.Module):
     def __init__(self, config: CGANConfig):
         super().__init__()
         f = config.disc_features
-        norm = (lambda ch: nn.BatchNorm2d(ch)) if config.disc_batchnorm else (lambda ch: nn.Identity())  # noqa: E731
-        # The feature stack of cgan's projection discriminator, so the two differ only in how the class enters.
-        self.body = nn.Sequential(
-            nn.Conv2d(config.image_channels, f, 4, 2, 1),  # (B, f, 14, 14)
-            nn.LeakyReLU(0.2, True),
-            nn.Conv2d(f, 2 * f, 4, 2, 1, bias=False),  # (B, 2f, 7, 7)
-            norm(2 * f),
-            nn.LeakyReLU(0.2, True),
-            nn.Conv2d(2 * f, 4 * f, 3, 2, 1, bias=False),  # (B, 4f, 4, 4)
-            norm(4 * f),
-            nn.LeakyReLU(0.2, True),
-        )
+        self.body = discriminator_body(config)  # cgan's, so the two differ only in how the class enters
         self.adversarial = nn.Linear(4 * f, 1)
         self.classifier = nn.Linear(4 * f, config.num_classes)
         self.apply(init_weights)

@@ -60,21 +60,28 @@ class CGANGenerator(nn.Module):
         return self.net(self.project(torch.cat([z, self.embed(label)], dim=1)))
 
 
+def discriminator_body(config: CGANConfig) -> nn.Sequential:
+    """The discriminators' feature stack, (B, C, 28, 28) -> (B, 4f, 4, 4): the projection one here
+    and AC-GAN's (``nets.acgan``) differ only in how the class enters after it."""
+    f = config.disc_features
+    norm = (lambda ch: nn.BatchNorm2d(ch)) if config.disc_batchnorm else (lambda ch: nn.Identity())  # noqa: E731
+    return nn.Sequential(
+        nn.Conv2d(config.image_channels, f, 4, 2, 1),  # (B, f, 14, 14)
+        nn.LeakyReLU(0.2, True),
+        nn.Conv2d(f, 2 * f, 4, 2, 1, bias=False),  # (B, 2f, 7, 7)
+        norm(2 * f),
+        nn.LeakyReLU(0.2, True),
+        nn.Conv2d(2 * f, 4 * f, 3, 2, 1, bias=False),  # (B, 4f, 4, 4)
+        norm(4 * f),
+        nn.LeakyReLU(0.2, True),
+    )
+
+
 class ProjectionDiscriminator(nn.Module):
     def __init__(self, config: CGANConfig):
         super().__init__()
         f = config.disc_features
-        norm = (lambda ch: nn.BatchNorm2d(ch)) if config.disc_batchnorm else (lambda ch: nn.Identity())  # noqa: E731
-        self.body = nn.Sequential(
-            nn.Conv2d(config.image_channels, f, 4, 2, 1),  # (B, f, 14, 14)
-            nn.LeakyReLU(0.2, True),
-            nn.Conv2d(f, 2 * f, 4, 2, 1, bias=False),  # (B, 2f, 7, 7)
-            norm(2 * f),
-            nn.LeakyReLU(0.2, True),
-            nn.Conv2d(2 * f, 4 * f, 3, 2, 1, bias=False),  # (B, 4f, 4, 4)
-            norm(4 * f),
-            nn.LeakyReLU(0.2, True),
-        )
+        self.body = discriminator_body(config)
         self.psi = nn.Linear(4 * f, 1)
         self.embed = nn.Embedding(config.num_classes, 4 * f)
         self.apply(init_weights)
