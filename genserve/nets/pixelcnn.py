@@ -33,7 +33,7 @@ class PixelCNNConfig:
     image_size: int = 28
     num_classes: int | None = 10  # None: unconditional
     levels: int = 256
-    channels: int = 32  # width of both stacks
+    channels: int = 48  # width of both stacks
     layers: int = 7  # gated layers: one with first_kernel, then kernel-sized ones
     first_kernel: int = 7  # odd; reaches first_kernel // 2 rows up and columns aside
     kernel: int = 3  # odd; reaches dilation * (kernel // 2) rows up and columns aside
@@ -43,7 +43,7 @@ class PixelCNNConfig:
     head_channels: int = 64  # hidden width of the per-pixel 1x1 head before the softmax logits
     # Channels of a learned image per class, fed with the pixels: where each class puts its ink,
     # which the gates' position-independent class bias cannot say (0: the bias alone, as the paper).
-    class_map_channels: int = 4
+    class_map_channels: int = 8
 
     def layer_shapes(self) -> list[tuple[int, int]]:
         """(kernel, dilation) of each gated layer."""
