@@ -26,9 +26,10 @@ import torch
 
 from benchmarks.report import new_output
 from genserve.cli.defaults import DEFAULT_MODELS
+from genserve.training import EVAL_SEED
 from genserve.training.evaluate import Evaluator, class_accuracy, samples_from_folder
 
-SEED = 2026
+SEED = EVAL_SEED
 N = 100
 
 

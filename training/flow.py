@@ -19,6 +19,7 @@ import torch
 from genserve.images import save_grid
 from genserve.nets import save_checkpoint
 from genserve.nets.flow import Flow, FlowConfig, FlowSampler
+from genserve.training import EVAL_SEED
 from genserve.training.data import batches, mnist_splits, to_uint8
 from genserve.training.loop import EMA, run_steps, save_sample_grid, seed_everything, server_latents
 
@@ -81,14 +82,14 @@ def centre_bits_per_dim(net: Flow, images_uint8: np.ndarray, batch_size: int = 5
 
 
 @torch.no_grad()
-def sample_images(net: Flow, num: int, temperature: float, seed: int = 2026) -> torch.Tensor:
+def sample_images(net: Flow, num: int, temperature: float, seed: int = EVAL_SEED) -> torch.Tensor:
     """The images the server returns for images 0 .. num-1 of a request with ``seed`` and
     ``temperature``: (num, C, H, W) in [-1, 1]."""
     return FlowSampler(net)(server_latents(num, net.dims, seed=seed) * temperature)
 
 
 def temperature_sweep(
-    net: Flow, temperatures: Sequence[float], num: int = 100, seed: int = 2026
+    net: Flow, temperatures: Sequence[float], num: int = 100, seed: int = EVAL_SEED
 ) -> dict[float, dict[str, Any]]:
     """The evaluation classifier's report (``Evaluator.evaluate``) of ``num`` served samples at each
     temperature, the same latents scaled: FID / floor, confident fraction, classes present."""
@@ -99,7 +100,7 @@ def temperature_sweep(
 
 
 def save_temperature_grid(
-    net: Flow, temperatures: Sequence[float], path: Path, per_row: int = 10, seed: int = 2026
+    net: Flow, temperatures: Sequence[float], path: Path, per_row: int = 10, seed: int = EVAL_SEED
 ) -> Path:
     """One row per temperature, the same ``per_row`` latents in every row."""
     rows = [to_uint8(sample_images(net, per_row, t, seed)) for t in temperatures]  # (per_row, H, W) each

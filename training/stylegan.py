@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from genserve.nets.stylegan import StyleGANConfig, StyleGANDiscriminator, StyleGANGenerator, mix_styles
+from genserve.training import EVAL_SEED
+from genserve.training.augment import diff_augment, parse_policy
 from genserve.training.data import batches, mnist_splits, to_model_range, to_uint8
 from genserve.training.gan_losses import GANLoss, discriminator_loss, generator_loss
 from genserve.training.loop import (
@@ -31,7 +33,6 @@ from genserve.training.loop import (
 
 log = logging.getLogger(__name__)
 
-EVAL_SEED = 2026  # the seed `genserve eval` draws its 100 samples with
 MIXING_SEEDS = (1, 2)  # the mixing grid's row seed and column seed
 MIXING_LAYER = 3  # the mixing grid's k: layers 0-2 (7x7 and 14x14) from the row's latent
 
@@ -52,6 +53,9 @@ class StyleGANTrainConfig:
     ema_decay: float = 0.998  # StyleGAN2's half-life of 10k images at batch 32 is ~0.9978 per step
     # > 0: from this step on both learning rates fall linearly to 0 at ``steps`` (as dcgan's); 0: constant
     lr_decay_start: int = 4000
+    # DiffAugment (training/augment.py) on everything the discriminator sees, e.g.
+    # "translation,cutout"; "" for none.
+    augment: str = ""
     seed: int = 0
     checkpoint_every: int = 500
 
@@ -88,6 +92,10 @@ def train_stylegan(out: Path, config: StyleGANTrainConfig) -> Path:
     opt_d = torch.optim.Adam(disc.parameters(), lr=config.lr * c, betas=(beta1**c, beta2**c))
     batch_iter = batches(data, config.batch_size, rng)
     n, layers = config.batch_size, net.style_layers
+    policy = parse_policy(config.augment)
+
+    def judge(images: torch.Tensor) -> torch.Tensor:
+        return disc(diff_augment(images, policy, rng))
 
     def fake_batch(track: bool) -> torch.Tensor:
         z = torch.randn(n, net.latent_dim, generator=rng)
@@ -107,7 +115,8 @@ def train_stylegan(out: Path, config: StyleGANTrainConfig) -> Path:
         real = data[next(batch_iter)]  # (B, 1, 28, 28)
         with torch.no_grad():
             fake = fake_batch(track=False)
-        loss_d = discriminator_loss(kind, disc(real), disc(fake))
+        real = diff_augment(real, policy, rng)  # R1 then regularises D where it looks: augmented reals
+        loss_d = discriminator_loss(kind, disc(real), judge(fake))
         losses = {"loss_d": loss_d.item()}
         if config.r1_gamma > 0 and step % config.r1_every == 0:
             r1 = r1_penalty(disc, real)
@@ -117,7 +126,7 @@ def train_stylegan(out: Path, config: StyleGANTrainConfig) -> Path:
         loss_d.backward()
         opt_d.step()
 
-        loss_g = generator_loss(kind, disc(fake_batch(track=True)))
+        loss_g = generator_loss(kind, judge(fake_batch(track=True)))
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()

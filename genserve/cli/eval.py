@@ -8,6 +8,7 @@ from pathlib import Path
 
 from genserve.cli import connect
 from genserve.cli.defaults import DEFAULT_MODELS
+from genserve.training import EVAL_SEED
 
 log = logging.getLogger("genserve")  # one logger for every verb: its name is in each line the user reads
 
@@ -23,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-n", "--num-images", type=int, help="samples (default 100), or held-out inputs for a translator (default all)"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=EVAL_SEED, help=f"default {EVAL_SEED}, the quality tables' seed")
     p.add_argument("--steps", type=int, help="diffusion steps (default: the model's)")
     p.add_argument("--guidance", type=float, help="guidance scale (class-conditional diffusion; default: the model's)")
     p.add_argument("--temperature", type=float, help="sampling temperature (autoregressive models, flows)")
