@@ -74,6 +74,9 @@ class Signature:
                 feeds[spec.name] = rng.integers(0, schedule.NUM_TIMESTEPS, size=shape, dtype=np.int64)
             elif spec.name == "coef":
                 feeds[spec.name] = _sample_coefficients(rng, batch)
+            elif spec.name == "image":  # a likelihood graph's input: uint8 levels v / 127.5 - 1, its domain
+                levels = rng.integers(0, 256, size=shape)
+                feeds[spec.name] = (levels / 127.5 - 1.0).astype(spec.dtype)
             else:
                 feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         return feeds
