@@ -1,6 +1,7 @@
 """The newer families' figures that no single manifest holds, measured through the serving core.
 
     python -m benchmarks.curriculum       # results/runs/<date>-curriculum/curriculum.json
+    python -m benchmarks.curriculum --parts stylegan flow --grids docs/samples   # and their grids
 
 - latent against pixel-space diffusion: ``ldm-mnist`` and ``ddpm-mnist`` at 50 and 20 DDIM steps
   (η = 0), quality of 100 samples (seed 2026) and the seconds they took in-process;
@@ -58,9 +59,12 @@ def diffusion(models: Path, evaluator: Evaluator) -> list[dict]:
     return rows
 
 
-def flow(models: Path, evaluator: Evaluator) -> dict:
+FLOW_TEMPERATURES = (1.0, 0.9, 0.8, 0.7, 0.6)
+
+
+def flow(models: Path, evaluator: Evaluator, grids: Path | None = None) -> dict:
     from genserve.nets import load_checkpoint
-    from genserve.training.flow import centre_bits_per_dim, held_out_bits_per_dim
+    from genserve.training.flow import centre_bits_per_dim, held_out_bits_per_dim, save_temperature_grid
 
     folder = models / "realnvp-mnist"
     net, _ = load_checkpoint(folder / "weights")
@@ -70,14 +74,22 @@ def flow(models: Path, evaluator: Evaluator) -> dict:
         "held_out_bits_per_dim_centre": round(centre_bits_per_dim(net, held_out), 4),
         "temperatures": [],
     }
-    for temperature in (1.0, 0.9, 0.8, 0.7, 0.6):
+    if grids:
+        print(save_temperature_grid(net, FLOW_TEMPERATURES, grids / "realnvp-mnist-temperature.png"), flush=True)
+    for temperature in FLOW_TEMPERATURES:
         images, seconds = _timed(folder, temperature=temperature)
         result["temperatures"].append({"temperature": temperature, **_judge(evaluator, images, seconds)})
         print(result["temperatures"][-1], flush=True)
     return result
 
 
-def stylegan(models: Path, evaluator: Evaluator) -> list[dict]:
+def stylegan(models: Path, evaluator: Evaluator, grids: Path | None = None) -> list[dict]:
+    if grids:
+        from genserve.nets import load_checkpoint
+        from genserve.training.stylegan import save_grids
+
+        net, _ = load_checkpoint(models / "stylegan-mnist" / "weights")
+        print(save_grids(net, grids), flush=True)
     rows = []
     for psi in (1.0, 0.7):
         images, seconds = _timed(models / "stylegan-mnist", truncation=psi)
@@ -111,6 +123,9 @@ def main() -> None:
     parser.add_argument("--pixelcnn-temperatures", type=float, nargs="*", default=[1.0, 0.9])
     parser.add_argument("--parts", nargs="*", choices=PARTS, default=list(PARTS), help="what to measure (default all)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--grids", type=Path, help="also draw the StyleGAN's and the flow's documentation grids here (docs/samples)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     evaluator = Evaluator()
@@ -118,8 +133,10 @@ def main() -> None:
     for part in args.parts:
         if part == "pixelcnn":
             result[part] = pixelcnn(args.models, evaluator, tuple(args.pixelcnn_temperatures))
+        elif part == "diffusion":
+            result[part] = diffusion(args.models, evaluator)
         else:
-            result[part] = PARTS[part](args.models, evaluator)
+            result[part] = PARTS[part](args.models, evaluator, args.grids)
     path = args.json or new_output("curriculum")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")

@@ -215,6 +215,7 @@ SERVED: dict[str, Servable] = {
         "image, exactly invertible; the likelihood graph gives bits/dim of an image",
         "sample",
         extra_graphs=((mf.LIKELIHOOD_GRAPH, "likelihood"),),
+        half_weights=True,  # 457k parameters, held twice (two graphs) and once more in weights/
         default_temperature=1.0,  # the temperature sweep in docs/models.md: lower ones are no better
     ),
 }
@@ -284,6 +285,8 @@ def export_model_folder(
             raise ValueError(f"{name}: graph {graph_name!r} (view {graph_view!r}) has no signature in nets.graphs")
         graph = mf.ExtraGraph(f"{graph_name}.onnx", graph_view, graph_signature_of(cfg))
         export_onnx(graph_module, graph.signature, out / graph.file)
+        if half:
+            store_initializers_in_half(out / graph.file)
         graph_errors = check_parity(graph_module, out / graph.file, graph.signature)
         log.info("%s graph %s parity (max abs error by batch size): %s", name, graph_name, graph_errors)
         if max(graph_errors.values()) > PARITY_ATOL:

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class FlowTrainConfig:
     net: FlowConfig = field(default_factory=FlowConfig)
-    steps: int = 2500
+    steps: int = 5000
     batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 200

@@ -32,7 +32,7 @@ class FlowConfig:
     image_size: int = 28  # divisible by 2 ** levels
     levels: int = 2  # squeezes: 28 -> 14 -> 7
     steps_per_level: int = 8  # actnorm, 1x1 conv, coupling
-    hidden: int = 64  # channels of the coupling networks
+    hidden: int = 128  # channels of the coupling networks (64: 1.67 held-out bits/dim, 0.37 confident)
     logit_alpha: float = 0.05  # RealNVP's boundary: the logit sees (alpha, 1 - alpha), never 0 or 1
 
 
