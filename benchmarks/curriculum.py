@@ -114,7 +114,13 @@ def pixelcnn(models: Path, evaluator: Evaluator, temperatures: tuple[float, ...]
     return result
 
 
-PARTS = {"diffusion": diffusion, "flow": flow, "stylegan": stylegan, "pixelcnn": pixelcnn}
+# Each part from the command line's options and the shared evaluator.
+PARTS = {
+    "diffusion": lambda args, evaluator: diffusion(args.models, evaluator),
+    "flow": lambda args, evaluator: flow(args.models, evaluator, args.grids),
+    "stylegan": lambda args, evaluator: stylegan(args.models, evaluator, args.grids),
+    "pixelcnn": lambda args, evaluator: pixelcnn(args.models, evaluator, tuple(args.pixelcnn_temperatures)),
+}
 
 
 def main() -> None:
@@ -131,12 +137,7 @@ def main() -> None:
     evaluator = Evaluator()
     result = {"benchmark": "curriculum", "samples": N, "seed": SEED}
     for part in args.parts:
-        if part == "pixelcnn":
-            result[part] = pixelcnn(args.models, evaluator, tuple(args.pixelcnn_temperatures))
-        elif part == "diffusion":
-            result[part] = diffusion(args.models, evaluator)
-        else:
-            result[part] = PARTS[part](args.models, evaluator, args.grids)
+        result[part] = PARTS[part](args, evaluator)
     path = args.json or new_output("curriculum")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")

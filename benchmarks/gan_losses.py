@@ -28,6 +28,7 @@ from typing import Any
 from benchmarks import report
 from benchmarks.report import new_output
 from genserve import images
+from genserve.training import EVAL_SEED
 
 ROOT = Path(__file__).resolve().parent.parent
 LOSSES = ("ns", "lsgan", "wgan-gp", "wgan")
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--losses", nargs="+", choices=LOSSES, default=list(LOSSES))
     parser.add_argument("--steps", type=int, default=STEPS, help=f"generator steps per run (default {STEPS})")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    parser.add_argument("--eval-seed", type=int, default=2026, help="evaluation seed (default 2026)")
+    parser.add_argument("--eval-seed", type=int, default=EVAL_SEED, help=f"evaluation seed (default {EVAL_SEED})")
     parser.add_argument("-n", "--num-samples", type=int, default=100, help="samples judged per loss (default 100)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints", help="run folders' root")

@@ -19,6 +19,7 @@ from typing import Any
 from benchmarks import report
 from benchmarks.report import new_output
 from genserve import images
+from genserve.training import EVAL_SEED
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", nargs="+", type=float, default=[0.0, 1.0, 2.0, 3.0, 5.0], metavar="W")
     parser.add_argument("-n", "--num-samples", type=int, default=500, help="images per scale (default 500)")
     parser.add_argument("--steps", type=int, default=50, help="DDIM (eta 0) steps (default 50)")
-    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--seed", type=int, default=EVAL_SEED)
     parser.add_argument("--json", type=Path, default=None, help="report (PNG next to it)")
     args = parser.parse_args(argv)
     args.json = args.json or new_output("guidance")  # a new run folder each run

@@ -17,6 +17,7 @@ import numpy as np
 from benchmarks.report import new_output
 from benchmarks.serverproc import GENSERVE, start_server
 from genserve import images
+from genserve.training import EVAL_SEED
 from genserve.training.evaluate import Evaluator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +29,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", nargs="+", default=sorted(THRESHOLDS))
     parser.add_argument("-n", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--seed", type=int, default=EVAL_SEED)
     parser.add_argument("--steps", type=int, help="diffusion steps (default: the model's, 1000 for ddpm-mnist)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--keep", type=Path, help="also keep each model's samples as DIR/<model>.npy")

@@ -25,6 +25,7 @@ from benchmarks import report
 from benchmarks.report import new_output
 from genserve import images
 from genserve.schedule import Sampler
+from genserve.training import EVAL_SEED
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="ddpm-mnist", help="diffusion model folder (default ddpm-mnist)")
     parser.add_argument("--models", type=Path, default=ROOT / "models", help="model repository (default models/)")
     parser.add_argument("-n", "--num-samples", type=int, default=200, help="images per setting (default 200)")
-    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--seed", type=int, default=EVAL_SEED)
     which = parser.add_mutually_exclusive_group()
     which.add_argument(
         "--settings",

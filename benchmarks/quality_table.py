@@ -38,8 +38,8 @@ def _row(name: str, metrics: dict, note: str) -> str:
     asked = metrics.get("asked_class_fraction")
     classes = f"{metrics['num_classes_present']}" + (f" ({asked:.0%} asked)" if asked is not None else "")
     label = f"`{name}`" + (f" ({note})" if note else "")
-    quality = f"{metrics['fid_ratio']:.2f} | {metrics['confident_fraction']:.2f} | {classes}"
     m = metrics
+    quality = f"{m['fid_ratio']:.2f} | {m['confident_fraction']:.2f} | {classes}"
     more = f"{m['inception_score']:.2f} | {m['mmd']:.0f} | {m['precision']:.2f} | {m['recall']:.2f}"
     return f"| {label} | {quality} | {more} |"
 

@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 from genserve.nets import save_checkpoint
 from genserve.nets.pixelcnn import PixelCNN, PixelCNNConfig, PixelCNNStep, sample
+from genserve.training import EVAL_SEED
 from genserve.training.data import batches, mnist_splits, to_model_range
 from genserve.training.loop import EMA, run_steps, save_sample_grid, seed_everything
 
@@ -106,7 +107,7 @@ def train_pixelcnn(out: Path, config: PixelCNNTrainConfig) -> Path:
         }
         save_checkpoint(out, "pixelcnn", served(), config.net, extra)
         if step == config.steps:  # 784 step calls: one digit per class, at the end only
-            grid = sample(PixelCNNStep(served().eval()), np.arange(10), seed=2026)
+            grid = sample(PixelCNNStep(served().eval()), np.arange(10), seed=EVAL_SEED)
             save_sample_grid(out, grid, step, nrow=10)
 
     state = {"net": net, "opt": opt, **({"ema": ema.model} if ema is not None else {})}

@@ -196,9 +196,8 @@ class PixelCNNStep(nn.Module):
         row, col = t // width, t % width  # (B,)
         padded = F.pad(self.net.inputs(x, label), (0, 0, rows - 1, 0))  # (B, 1 + K, rows - 1 + H, W)
         index = row[:, None] + torch.arange(rows, device=x.device)  # (B, rows): padded rows row - rows + 1 .. row
-        index = index[:, None, :, None].expand(b, padded.shape[1], rows, width)
-        window = padded.gather(2, index)  # (B, 1 + K, rows, W): zero rows above the image
-        index = index[:, 0, :, 0]  # (B, rows)
+        per_channel = index[:, None, :, None].expand(b, padded.shape[1], rows, width)
+        window = padded.gather(2, per_channel)  # (B, 1 + K, rows, W): zero rows above the image
         inside = (index >= rows - 1).to(x.dtype)[:, None, :, None]  # (B, 1, rows, 1)
         feats = self.net.features(window, label, inside)[:, :, 0]  # (B, C, W): pixel t's row
         at = col[:, None, None].expand(b, feats.shape[1], 1)  # (B, C, 1)
