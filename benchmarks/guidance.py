@@ -1,12 +1,15 @@
-"""Classifier-free guidance sweep of a class-conditional diffusion model (``ddpm-cond-mnist``):
-for each guidance scale w, the same images (same seed, same x_T, image i asked for class i mod
-10) through the serving core in-process (``training.evaluate.evaluate_task``, ONNX Runtime),
-judged by the evaluation classifier: the fraction of samples of the asked class, the confident
-fraction, and FID in its feature space against the real-vs-real floor at the same sample count.
-The trade-off it shows is Ho & Salimans' (2022): guidance buys class fidelity with diversity.
-Writes benchmarks/results/guidance.json and a PNG next to it, and prints a markdown table.
+"""Classifier-free guidance sweep of a guided class-conditional model (``ddpm-cond-mnist``, a
+guided ``pixelcnn-mnist``): for each guidance scale w, the same images (same seed, same noise,
+image i asked for class i mod 10) through the serving core in-process
+(``training.evaluate.evaluate_task``, ONNX Runtime), judged by the evaluation classifier: the
+fraction of samples of the asked class, the confident fraction, and FID in its feature space
+against the real-vs-real floor at the same sample count. The trade-off it shows is Ho &
+Salimans' (2022): guidance buys class fidelity with diversity. Writes a new run folder's
+guidance.json and a PNG next to it, and prints a markdown table.
 
-    python -m benchmarks.guidance [--guidance 0 1 2 3 5] [-n 500] [--steps 50] [--seed 2026]
+    python -m benchmarks.guidance [--model M] [--guidance 0 1 2 3 5] [-n 500] [--steps 50] [--seed 2026]
+
+``--steps`` applies to a diffusion model (DDIM, eta 0); an autoregressive model runs its 784.
 """
 
 from __future__ import annotations
@@ -60,11 +63,11 @@ def plot(rows: list[dict[str, Any]], title: str, out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="ddpm-cond-mnist", help="class-conditional diffusion model folder")
+    parser.add_argument("--model", default="ddpm-cond-mnist", help="guided class-conditional model folder")
     parser.add_argument("--models", type=Path, default=ROOT / "models", help="model repository (default models/)")
     parser.add_argument("--guidance", nargs="+", type=float, default=[0.0, 1.0, 2.0, 3.0, 5.0], metavar="W")
     parser.add_argument("-n", "--num-samples", type=int, default=500, help="images per scale (default 500)")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM (eta 0) steps (default 50)")
+    parser.add_argument("--steps", type=int, default=50, help="diffusion models: DDIM (eta 0) steps (default 50)")
     parser.add_argument("--seed", type=int, default=EVAL_SEED)
     parser.add_argument("--json", type=Path, default=None, help="report (PNG next to it)")
     args = parser.parse_args(argv)
@@ -72,16 +75,20 @@ def main(argv: list[str] | None = None) -> int:
     if not 10 <= args.num_samples <= 1000:  # the evaluator's held-out reference set has 1,000 digits
         parser.error(f"-n must be in [10, 1000], got {args.num_samples}")
 
+    from genserve.manifest import Manifest
+    from genserve.signature import ModelKind
     from genserve.training.evaluate import Evaluator, evaluate_task
 
     folder = args.models / args.model
+    diffusion = Manifest.load(folder, verify_hashes=False).kind is ModelKind.DIFFUSION
+    steps = args.steps if diffusion else None
     evaluator = Evaluator()
     machine = report.machine()
     rows = []
     for i, w in enumerate(args.guidance, 1):
         report.progress(i, len(args.guidance), f"w = {w:g}: {args.num_samples} images")
         start = time.perf_counter()
-        metrics, _ = evaluate_task(folder, args.num_samples, args.seed, evaluator, args.steps, w)
+        metrics, _ = evaluate_task(folder, args.num_samples, args.seed, evaluator, steps, w)
         row = {"guidance": w, **metrics, "seconds": round(time.perf_counter() - start, 1)}
         rows.append(row)
         report.progress(
@@ -96,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "model": args.model,
             "num_samples": args.num_samples,
-            "sampler": "ddim",
-            "eta": 0.0,
-            "steps": args.steps,
+            **(
+                {"sampler": "ddim", "eta": 0.0, "steps": steps} if diffusion else {"temperature": "the model's default"}
+            ),
             "seed": args.seed,
             "labels": "image i asks for class i mod 10",
             "source": "in-process ModelRunner (onnxruntime)",
@@ -106,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
         "rows": rows,
     }
-    title = f"{args.model}: {args.num_samples} samples, DDIM {args.steps} steps, seed {args.seed}"
+    sampling = f"DDIM {steps} steps" if diffusion else "the model's own steps"
+    title = f"{args.model}: {args.num_samples} samples, {sampling}, seed {args.seed}"
     report.write(result, args.json, lambda png: plot(rows, title, png), markdown_table(rows))
     return 0
 

@@ -22,7 +22,7 @@ SAMPLERS = {
     "dcgan-mnist": "",
     "stylegan-mnist": "ψ = 1",
     "realnvp-mnist": "T = 1",
-    "pixelcnn-mnist": "labels 0..9 in turn",
+    "pixelcnn-mnist": "labels 0..9 in turn, w = 1.5",
     "cgan-mnist": "labels 0..9 in turn",
     "acgan-mnist": "labels 0..9 in turn",
     "ddpm-mnist": "1000 DDPM steps",

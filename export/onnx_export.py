@@ -87,8 +87,10 @@ def check_parity(
 
 
 MNIST_28 = (1, 28, 28)
-# The guidance scale ddpm-cond-mnist serves by default: see the guidance sweep in docs/models.md.
+# The guidance scales ddpm-cond-mnist and pixelcnn-mnist serve by default: see the guidance sweeps
+# in docs/models.md.
 DDPM_COND_GUIDANCE = 2.0
+PIXELCNN_GUIDANCE = 1.5
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ class Servable:
     input_shape: tuple[int, int, int] = MNIST_28  # translators only
     input_description: str = ""  # translators only: the exact recipe of the input
     partner: str | None = None
-    default_guidance: float | None = None  # class-conditional diffusion only
+    default_guidance: float | None = None  # guided models (their step takes a guidance scale) only
     # Store the weights (ONNX initializers and weights/) in float16, computed in float32: half the
     # folder, for a model that would otherwise push the repository past its size budget.
     half_weights: bool = False
@@ -197,10 +199,11 @@ SERVED: dict[str, Servable] = {
     "pixelcnn-mnist": Servable(
         "pixelcnn-mnist",
         "class-conditional gated PixelCNN (van den Oord et al. 2016): vertical and horizontal stacks, no "
-        "blind spot, 256-way softmax per pixel; served as one step per pixel (784 steps), the level drawn "
-        "by inverse CDF from Phi(noise) at the temperature",
+        "blind spot, 256-way softmax per pixel, classifier-free guidance on the log-probabilities; served as "
+        "one step per pixel (784 steps), the level drawn by inverse CDF from Phi(noise) at the temperature",
         "conditional",
         default_temperature=1.0,
+        default_guidance=PIXELCNN_GUIDANCE,
     ),
     "stylegan-mnist": Servable(
         "stylegan-mnist",
@@ -319,8 +322,9 @@ def export_model_folder(
         num_classes=cfg.get("num_classes") if kind is not ModelKind.TRANSLATOR else None,
         input_shape=signature.inputs[0].shape[1:] if kind is ModelKind.TRANSLATOR else None,
         input_description=servable.input_description if servable else "",
-        diffusion=_diffusion_spec(kind, cfg, servable),
+        diffusion=mf.DiffusionSpec() if kind is ModelKind.DIFFUSION else None,
         default_temperature=_default_temperature(kind, servable),
+        default_guidance=_default_guidance(signature, servable),
         style_layers=cfg.get("style_layers") if kind is ModelKind.SAMPLER else None,
         graphs=graphs,
         metrics=previous if previous.get("onnx_sha256") == files[mf.ONNX_FILE] else {},
@@ -376,13 +380,12 @@ def store_initializers_in_half(path: Path, min_elements: int = 256) -> None:
     onnx.save(model, str(path))
 
 
-def _diffusion_spec(kind: ModelKind, cfg: dict, servable: Servable | None) -> mf.DiffusionSpec | None:
-    if kind is not ModelKind.DIFFUSION:
+def _default_guidance(signature: Signature, servable: Servable | None) -> float | None:
+    """The guidance scale of a request that sets none, for a graph that takes one (1 without a
+    Servable: the plain conditional model); None for any other graph."""
+    if "guidance" not in signature.input_names:
         return None
-    if cfg.get("num_classes") is None:
-        return mf.DiffusionSpec()
-    guidance = servable.default_guidance if servable and servable.default_guidance is not None else 1.0
-    return mf.DiffusionSpec(default_guidance=guidance)
+    return servable.default_guidance if servable and servable.default_guidance is not None else 1.0
 
 
 def _previous_metrics(out: Path) -> dict:

@@ -98,7 +98,7 @@ class GenserveClient:
         gives up on the request (DEADLINE_EXCEEDED) this long after its arrival; ``label``: the class
         of every image (class-conditional models; default a class per image from the seed);
         ``interpolate_to_seed``: ``num_images`` frames from image 0 of ``seed`` to image 0 of this seed;
-        ``guidance``: the classifier-free guidance scale (class-conditional diffusion models);
+        ``guidance``: the classifier-free guidance scale (guided class-conditional models);
         ``first_index``: image i is the seed's image ``first_index + i``; ``temperature``
         (autoregressive models and flows), ``truncation``, ``mix_seed`` and ``mix_layer`` (style-based
         models): see the proto's GenerateRequest.

@@ -43,8 +43,6 @@ class DiffusionSpec:
     beta_end: float = schedule.BETA_END
     default_steps: int = schedule.NUM_TIMESTEPS
     default_sampler: str = schedule.Sampler.DDPM.value
-    # Class-conditional models: the classifier-free guidance scale a request without one gets.
-    default_guidance: float | None = None
 
     def gaussian_diffusion(self) -> schedule.GaussianDiffusion:
         return schedule.GaussianDiffusion(schedule.linear_betas(self.num_timesteps, self.beta_start, self.beta_end))
@@ -97,6 +95,10 @@ class Manifest:
     # The sampling temperature a request without one gets; None = the model takes no temperature.
     # AUTOREGRESSIVE: the logits are divided by it; a flow SAMPLER: z is multiplied by it.
     default_temperature: float | None = None
+    # The classifier-free guidance scale a request without one gets; None = the model takes no
+    # guidance. Set exactly when the (step) graph takes a ``guidance`` input: class-conditional
+    # diffusion, a guided autoregressive model.
+    default_guidance: float | None = None
     style_layers: int | None = None  # style-based SAMPLER: synthesis layers (a mix layer is in [0, this])
     graphs: dict[str, ExtraGraph] = field(default_factory=dict)  # name -> more graphs of the folder
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -127,6 +129,8 @@ class Manifest:
             d["diffusion"] = {k: v for k, v in self.diffusion.__dict__.items() if v is not None}
         if self.default_temperature is not None:
             d["default_temperature"] = self.default_temperature
+        if self.default_guidance is not None:
+            d["default_guidance"] = self.default_guidance
         if self.style_layers is not None:
             d["style_layers"] = self.style_layers
         if self.graphs:
@@ -167,6 +171,15 @@ class Manifest:
             problems.append("a translator model needs 'input_shape'")
         if d.get("kind") == ModelKind.AUTOREGRESSIVE.value and "default_temperature" not in d:
             problems.append("an autoregressive model needs 'default_temperature'")
+        diffusion = dict(d.get("diffusion", {}))
+        # Folders exported before the scale moved to the top level keep it in the diffusion section.
+        default_guidance = d.get("default_guidance", diffusion.pop("default_guidance", None))
+        takes_guidance = any(isinstance(s, dict) and s.get("name") == "guidance" for s in d.get("inputs", []))
+        if takes_guidance != (default_guidance is not None):
+            problems.append(
+                "'default_guidance' is set exactly when the graph takes a 'guidance' input"
+                f" (it takes {'one' if takes_guidance else 'none'})"
+            )
         if not (folder / ONNX_FILE).is_file():
             problems.append(f"{ONNX_FILE} not found")
         for name, graph in d.get("graphs", {}).items():
@@ -198,8 +211,9 @@ class Manifest:
                 num_classes=d.get("num_classes"),
                 input_shape=tuple(int(x) for x in d["input_shape"]) if "input_shape" in d else None,
                 input_description=d.get("input_description", ""),
-                diffusion=DiffusionSpec(**d["diffusion"]) if "diffusion" in d else None,
+                diffusion=DiffusionSpec(**diffusion) if "diffusion" in d else None,
                 default_temperature=d.get("default_temperature"),
+                default_guidance=default_guidance,
                 style_layers=d.get("style_layers"),
                 graphs={name: ExtraGraph.from_json(g) for name, g in d.get("graphs", {}).items()},
                 metrics=d.get("metrics", {}),

@@ -137,7 +137,9 @@ def translator_signature(input_shape: tuple[int, int, int], image_shape: tuple[i
     )
 
 
-def autoregressive_step_signature(image_shape: tuple[int, int, int], num_classes: int | None = None) -> Signature:
+def autoregressive_step_signature(
+    image_shape: tuple[int, int, int], num_classes: int | None = None, guided: bool = False
+) -> Signature:
     """One pixel of an autoregressive model (PixelCNN), in the step graphs' contract:
 
     - ``x`` (B, C, H, W) float32: the image so far in [-1, 1] (pixels at and after ``t`` are ignored);
@@ -146,6 +148,7 @@ def autoregressive_step_signature(image_shape: tuple[int, int, int], num_classes
     - ``noise`` (B, C, H, W) float32: counter-based Gaussian noise; the pixel's uniform draw is
       Phi(noise at position t), so the sample is batch-invariant;
     - ``label`` (B,) int64 for a class-conditional model;
+    - ``guidance`` (B,) float32 for a guided one: the classifier-free guidance scale per slot;
     -> ``x_next`` (B, C, H, W): ``x`` with position ``t`` set to the sampled level and later
     positions zeroed."""
     img = (BATCH, *image_shape)
@@ -157,6 +160,8 @@ def autoregressive_step_signature(image_shape: tuple[int, int, int], num_classes
     )
     if num_classes is not None:
         inputs += (TensorSpec("label", "int64", (BATCH,)),)
+        if guided:
+            inputs += (TensorSpec("guidance", "float32", (BATCH,)),)
     return Signature(inputs=inputs, outputs=(TensorSpec("x_next", "float32", img),))
 
 

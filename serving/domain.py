@@ -26,7 +26,7 @@ class GenerateRequest:
     timeout: float | None = None  # seconds from arrival; the request fails DEADLINE_EXCEEDED after it
     label: int | None = None  # class-conditional models only; None = a class per image from (seed, index)
     interpolate_to_seed: int | None = None  # samplers only: num_images frames from seed's to this seed's latent
-    guidance: float | None = None  # class-conditional diffusion only; None = the model's default
+    guidance: float | None = None  # guided class-conditional models only; None = the model's default
     first_index: int = 0  # image i of the request is image first_index + i of the seed
     temperature: float | None = None  # autoregressive models and flows only; None = the model's default
     truncation: float | None = None  # style-based models only: psi; None = 1 (no truncation)
@@ -88,7 +88,7 @@ class ModelInfo:
     num_timesteps: int | None = None  # diffusion only
     default_steps: int | None = None  # diffusion only
     default_sampler: Sampler | None = None  # diffusion only, on the full schedule
-    default_guidance: float | None = None  # class-conditional diffusion only
+    default_guidance: float | None = None  # guided class-conditional models only
     metrics: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     dataset: str = ""
@@ -111,7 +111,9 @@ class ModelInfo:
         if self.num_classes is not None:
             fields.append("label")
         if self.kind is ModelKind.DIFFUSION:
-            fields += ["steps", "sampler", "eta"] + (["guidance"] if self.num_classes is not None else [])
+            fields += ["steps", "sampler", "eta"]
+        if self.default_guidance is not None:
+            fields.append("guidance")
         if self.kind is ModelKind.SAMPLER:
             fields.append("interpolate_to_seed")
         if self.default_temperature is not None:
@@ -132,7 +134,7 @@ class ModelInfo:
             num_timesteps=spec.num_timesteps if spec else None,
             default_steps=spec.default_steps if spec else None,
             default_sampler=Sampler(spec.default_sampler) if spec else None,
-            default_guidance=spec.default_guidance if spec else None,
+            default_guidance=manifest.default_guidance,
             metrics=dict(manifest.metrics),
             description=manifest.description,
             dataset=manifest.dataset,

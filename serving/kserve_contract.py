@@ -15,7 +15,7 @@ image, and each row is submitted as its own one-image request):
                                                 absent = the model's default steps
     input  LABEL       INT32  dims [1]          class-conditional models only, optional; absent =
                                                 a class per image drawn from its seed
-    input  GUIDANCE    FP32   dims [1]          class-conditional diffusion only, optional; the
+    input  GUIDANCE    FP32   dims [1]          guided class-conditional models only, optional; the
                                                 classifier-free guidance scale of row r; absent =
                                                 the model's default
     input  TEMPERATURE FP32   dims [1]          autoregressive models and flows only, optional;
@@ -113,7 +113,12 @@ _BITS_PER_DIM = TensorSpec(BITS_PER_DIM, "FP32", mc.TYPE_FP32, np.dtype("<f4"))
 
 
 def input_specs(info: ModelInfo) -> tuple[TensorSpec, ...]:
-    options = (info.default_temperature is not None, info.style_layers is not None, info.likelihood)
+    options = (
+        info.default_guidance is not None,
+        info.default_temperature is not None,
+        info.style_layers is not None,
+        info.likelihood,
+    )
     return _input_specs(info.kind, info.num_classes, info.input_shape or info.image_shape, *options)
 
 
@@ -129,6 +134,7 @@ def _input_specs(
     kind: ModelKind,
     num_classes: int | None,
     input_shape: tuple[int, int, int],
+    guidance: bool = False,
     temperature: bool = False,
     style: bool = False,
     likelihood: bool = False,
@@ -142,7 +148,9 @@ def _input_specs(
     seed = dataclasses.replace(_SEED, optional=True) if likelihood else _SEED  # SEED or SOURCE
     specs = (seed, _STEPS) if kind is ModelKind.DIFFUSION else (seed,)
     if num_classes is not None:
-        specs += (_LABEL, _GUIDANCE) if kind is ModelKind.DIFFUSION else (_LABEL,)
+        specs += (_LABEL,)
+    if guidance:
+        specs += (_GUIDANCE,)
     if temperature:
         specs += (_TEMPERATURE,)
     if style:

@@ -45,7 +45,7 @@ class StepPlan:
     sampler: schedule.Sampler | None  # diffusion only
     timesteps: np.ndarray  # (K,) int64
     coefs: np.ndarray  # (K, len(COEF_COLUMNS)) float32
-    guidance: float | None = None  # class-conditional diffusion models: the classifier-free guidance scale
+    guidance: float | None = None  # guided models: the classifier-free guidance scale
 
 
 class ModelRunner:
@@ -118,9 +118,10 @@ class ModelRunner:
         temperature = self._temperature(request.temperature)
         if not 0 <= request.first_index <= MAX_FIRST_INDEX:
             raise InvalidArgument(f"first_index must be in [0, {MAX_FIRST_INDEX}], got {request.first_index}")
+        guidance = self._guidance(request.guidance)
         if m.kind is ModelKind.AUTOREGRESSIVE:
             self._refuse_diffusion_fields(request)
-            return self._autoregressive_plan(temperature)
+            return self._autoregressive_plan(temperature, guidance)
         if m.kind is not ModelKind.DIFFUSION:
             self._refuse_diffusion_fields(request)
             return None
@@ -139,20 +140,20 @@ class ModelRunner:
         ts, coefs = schedule.step_coefficients(
             self.diffusion, steps, sampler, eta=eta, variance=request.variance, clip_denoised=request.clip_denoised
         )
-        return StepPlan(sampler, ts, coefs.astype(np.float32), self._guidance(request.guidance))
+        return StepPlan(sampler, ts, coefs.astype(np.float32), guidance)
 
     def _refuse_diffusion_fields(self, request: GenerateRequest) -> None:
         m = self.manifest
-        for field in ("steps", "sampler", "eta", "guidance"):
+        for field in ("steps", "sampler", "eta"):
             if getattr(request, field) is not None:
                 raise InvalidArgument(f"{field} applies to diffusion models only; {m.name} is a {m.kind.value} model")
 
-    def _autoregressive_plan(self, temperature: float) -> StepPlan:
+    def _autoregressive_plan(self, temperature: float, guidance: float | None) -> StepPlan:
         """Every pixel position in raster order, one per step; coefficient column 0 = 1 / temperature."""
         c, h, w = self.manifest.image_shape
         coefs = np.zeros((h * w, len(schedule.COEF_COLUMNS)), np.float32)
         coefs[:, 0] = 1.0 / temperature
-        return StepPlan(None, np.arange(h * w, dtype=np.int64), coefs)
+        return StepPlan(None, np.arange(h * w, dtype=np.int64), coefs, guidance)
 
     def _temperature(self, temperature: float | None) -> float:
         """The request's sampling temperature (the model's default when unset); InvalidArgument
@@ -206,15 +207,15 @@ class ModelRunner:
         self._check_images(request.images, m.image_shape)
 
     def _guidance(self, guidance: float | None) -> float | None:
+        """The request's classifier-free guidance scale (the model's default when unset); None for a
+        model that takes none (InvalidArgument if the request sets one), InvalidArgument out of range."""
         m = self.manifest
-        if not self.conditional:
+        if m.default_guidance is None:
             if guidance is not None:
-                raise InvalidArgument(
-                    f"guidance applies to class-conditional diffusion models only; {m.name} is not one"
-                )
+                raise InvalidArgument(f"guidance applies to guided class-conditional models only; {m.name} is not one")
             return None
         if guidance is None:
-            return m.diffusion.default_guidance if m.diffusion.default_guidance is not None else 1.0
+            return float(m.default_guidance)
         if not 0.0 <= guidance <= MAX_GUIDANCE:  # also rejects NaN
             raise InvalidArgument(
                 f"guidance must be in [0, {MAX_GUIDANCE:g}] (1 = the plain conditional model, 0 = unconditional), "
@@ -478,7 +479,7 @@ class ModelRunner:
     ) -> dict[str, np.ndarray]:
         """The step graph's per-slot inputs beyond x, t, coef and noise: for a conditional model the
         class of each image (``labels``, else ``self.labels(seeds, index, label)``) and, for a
-        guided diffusion model, the plan's guidance; none for another model."""
+        guided model, the plan's guidance; none for another model."""
         if not self.conditional:
             return {}
         if labels is None:

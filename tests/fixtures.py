@@ -121,8 +121,9 @@ PIXELCNN, FLOW, STYLEGAN, LDM = "pixelcnn-tiny", "flow-tiny", "stylegan-tiny", "
 def curriculum_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository of the newer families, small random-init networks through the real export
     (graph signatures, extra graphs, parity check): ``pixelcnn-tiny`` (autoregressive, class-
-    conditional), ``flow-tiny`` (a RealNVP sampler with its likelihood graph), ``stylegan-tiny``
-    (truncation and style mixing) and ``ldm-tiny`` (diffusion on a VAE latent, with its decoder)."""
+    conditional with classifier-free guidance, default scale 2), ``flow-tiny`` (a RealNVP sampler
+    with its likelihood graph), ``stylegan-tiny`` (truncation and style mixing) and ``ldm-tiny``
+    (diffusion on a VAE latent, with its decoder)."""
     import torch
 
     from genserve.export.onnx_export import Servable, export_model_folder
@@ -138,8 +139,8 @@ def curriculum_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     nets = {
         PIXELCNN: (
             "pixelcnn",
-            PixelCNN(PixelCNNConfig(channels=8, layers=2, head_channels=16)),
-            Servable(PIXELCNN, "tiny PixelCNN", "conditional", default_temperature=1.0),
+            PixelCNN(PixelCNNConfig(channels=8, layers=2, head_channels=16, guided=True)),
+            Servable(PIXELCNN, "tiny PixelCNN", "conditional", default_temperature=1.0, default_guidance=2.0),
         ),
         FLOW: (
             "flow",

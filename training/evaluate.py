@@ -424,7 +424,7 @@ def evaluate_task(
 ) -> tuple[dict, np.ndarray]:
     """Metrics of an issue-5 model folder, and a 10x10 grid's worth of uint8 tiles (100, 28, 28):
     samples for samplers, alternating rows of 10 inputs and their 10 outputs for translators.
-    ``steps`` and ``guidance`` apply to a (class-conditional) diffusion model, ``options``
+    ``steps`` applies to a diffusion model, ``guidance`` to a guided class-conditional one, ``options``
     (temperature, truncation) to the models that take them."""
     graph = OnnxGraph(folder)
     task = Task(graph.manifest.source["task"])

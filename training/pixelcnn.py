@@ -3,7 +3,12 @@
 cosine decay, gradient-norm clipping; the served network is an EMA of the trained one. Each
 checkpoint records the held-out bits per dimension, the exact -log2 P(image) / 784 averaged over
 the held-out digits. Sampling costs 784 step calls, so one small grid (one digit per class) is
-drawn only at the end."""
+drawn only at the end.
+
+A guided net (``net.guided``) also learns the unconditional model: each image's label becomes
+the null label with probability ``label_dropout`` (Ho & Salimans 2022). ``init_from`` starts from
+a trained checkpoint; a guided net started from an unguided one gets the mean of the classes'
+embedding rows as its null label's."""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from genserve.nets import save_checkpoint
+from genserve.nets import load_checkpoint, save_checkpoint
 from genserve.nets.pixelcnn import PixelCNN, PixelCNNConfig, PixelCNNStep, sample
 from genserve.training import EVAL_SEED
 from genserve.training.data import batches, mnist_splits, to_model_range
@@ -35,6 +40,8 @@ class PixelCNNTrainConfig:
     min_lr_fraction: float = 0.05  # the cosine decay ends at lr times this
     clip_grad_norm: float = 1.0
     ema_decay: float = 0.999  # 0: serve the trained weights themselves
+    label_dropout: float = 0.1  # guided nets only: P(label -> null label)
+    init_from: str = ""  # a PixelCNN checkpoint folder to start from
     seed: int = 0
     checkpoint_every: int = 400
 
@@ -69,12 +76,39 @@ def bits_per_dim(net: PixelCNN, images_uint8: np.ndarray, labels: np.ndarray | N
     return total / len(images)
 
 
+def init_from(net: PixelCNN, folder: Path) -> None:
+    """Copy every weight of the PixelCNN checkpoint in ``folder`` into ``net``. A class embedding
+    one row short (an unguided source, a guided net) gets the classes' mean as its null row."""
+    source, _ = load_checkpoint(folder)
+    state = net.state_dict()
+    theirs = source.state_dict()
+    if set(theirs) != set(state):
+        raise ValueError(f"{folder} does not fit this PixelCNN: weights {sorted(set(theirs) ^ set(state))} differ")
+    for name, value in theirs.items():
+        target = state[name]
+        if value.shape == target.shape:
+            target.copy_(value)
+        elif (
+            net.null_label is not None and value.shape[0] + 1 == target.shape[0] and value.shape[1:] == target.shape[1:]
+        ):
+            target[:-1] = value
+            target[-1] = value.mean(dim=0)
+        else:
+            raise ValueError(
+                f"{folder} does not fit this PixelCNN: {name} is {tuple(value.shape)}, not {tuple(target.shape)}"
+            )
+    net.load_state_dict(state)
+    log.info("initialised from %s", folder)
+
+
 def train_pixelcnn(out: Path, config: PixelCNNTrainConfig) -> Path:
     generator = seed_everything(config.seed)
     train, held_out = mnist_splits()
     images, labels = torch.from_numpy(train.images), torch.from_numpy(train.labels)  # (N, 28, 28) uint8, (N,)
     conditional = config.net.num_classes is not None
     net = PixelCNN(config.net).train()
+    if config.init_from:
+        init_from(net, Path(config.init_from))
     log.info("PixelCNN with %.3fM parameters", sum(p.numel() for p in net.parameters()) / 1e6)
     ema = EMA(net, config.ema_decay) if config.ema_decay > 0 else None
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
@@ -87,7 +121,11 @@ def train_pixelcnn(out: Path, config: PixelCNNTrainConfig) -> Path:
         for group in opt.param_groups:
             group["lr"] = learning_rate(config, step)
         idx = next(batch_iter)
-        loss = nll_bits(net.train(), images[idx], labels[idx] if conditional else None)
+        y = labels[idx] if conditional else None
+        if net.null_label is not None:
+            drop = torch.rand(len(idx), generator=generator) < config.label_dropout
+            y = torch.where(drop, torch.full_like(y, net.null_label), y)
+        loss = nll_bits(net.train(), images[idx], y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), config.clip_grad_norm)
@@ -107,7 +145,7 @@ def train_pixelcnn(out: Path, config: PixelCNNTrainConfig) -> Path:
         }
         save_checkpoint(out, "pixelcnn", served(), config.net, extra)
         if step == config.steps:  # 784 step calls: one digit per class, at the end only
-            grid = sample(PixelCNNStep(served().eval()), np.arange(10), seed=EVAL_SEED)
+            grid = sample(PixelCNNStep(served().eval()), np.arange(10), seed=EVAL_SEED)  # guidance 1
             save_sample_grid(out, grid, step, nrow=10)
 
     state = {"net": net, "opt": opt, **({"ema": ema.model} if ema is not None else {})}

@@ -50,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--guidance",
         type=float,
-        help="classifier-free guidance scale (class-conditional diffusion; 1 = no guidance; default: the model's)",
+        help="classifier-free guidance scale (guided class-conditional models; 1 = no guidance; default: the model's)",
     )
     p.add_argument(
         "--interpolate-to",

@@ -26,7 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=EVAL_SEED, help=f"default {EVAL_SEED}, the quality tables' seed")
     p.add_argument("--steps", type=int, help="diffusion steps (default: the model's)")
-    p.add_argument("--guidance", type=float, help="guidance scale (class-conditional diffusion; default: the model's)")
+    p.add_argument(
+        "--guidance", type=float, help="guidance scale (guided class-conditional models; default: the model's)"
+    )
     p.add_argument("--temperature", type=float, help="sampling temperature (autoregressive models, flows)")
     p.add_argument("--truncation", type=float, help="truncation psi (style-based models; default 1 = none)")
     source = p.add_mutually_exclusive_group()

@@ -59,7 +59,9 @@ GRAPHS: dict[tuple[str, str], Graph] = {
         ModelKind.AUTOREGRESSIVE,
         PixelCNNStep,
         signature=lambda cfg: autoregressive_step_signature(
-            (cfg["image_channels"], cfg["image_size"], cfg["image_size"]), cfg.get("num_classes")
+            (cfg["image_channels"], cfg["image_size"], cfg["image_size"]),
+            cfg.get("num_classes"),
+            cfg.get("guided", False),
         ),
     ),
     ("latent_diffusion", DEFAULT_VIEW): Graph(

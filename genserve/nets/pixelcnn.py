@@ -44,6 +44,14 @@ class PixelCNNConfig:
     # Channels of a learned image per class, fed with the pixels: where each class puts its ink,
     # which the gates' position-independent class bias cannot say (0: the bias alone, as the paper).
     class_map_channels: int = 8
+    # Classifier-free guidance (Ho & Salimans 2022) on the log-probabilities: label num_classes is
+    # the "no class" token (trained by label dropout), and the step takes a guidance scale per slot.
+    guided: bool = False
+
+    @property
+    def label_rows(self) -> int:
+        """Rows of each class embedding: the classes, and the null label of a guided net (0: unconditional)."""
+        return 0 if self.num_classes is None else self.num_classes + int(self.guided)
 
     def layer_shapes(self) -> list[tuple[int, int]]:
         """(kernel, dilation) of each gated layer."""
@@ -73,9 +81,7 @@ def gate(x: torch.Tensor) -> torch.Tensor:
 
 
 class GatedLayer(nn.Module):
-    def __init__(
-        self, in_channels: int, channels: int, kernel: int, dilation: int, num_classes: int | None, residual: bool
-    ):
+    def __init__(self, in_channels: int, channels: int, kernel: int, dilation: int, label_rows: int, residual: bool):
         super().__init__()
         self.reach = dilation * (kernel // 2)
         self.residual = residual
@@ -85,7 +91,7 @@ class GatedLayer(nn.Module):
         self.v_to_h = nn.Conv2d(2 * channels, 2 * channels, 1)
         self.h_out = nn.Conv2d(channels, channels, 1)
         # The class term of both gates (vertical, horizontal): one bias per label, zero at the start.
-        self.embed = nn.Embedding(num_classes, 4 * channels) if num_classes else None
+        self.embed = nn.Embedding(label_rows, 4 * channels) if label_rows else None
         if self.embed is not None:
             nn.init.zeros_(self.embed.weight)
 
@@ -118,17 +124,19 @@ class PixelCNN(nn.Module):
         super().__init__()
         if config.image_channels != 1:
             raise ValueError("this PixelCNN models one channel (image_channels=1)")
+        if config.guided and config.num_classes is None:
+            raise ValueError("guidance needs a class-conditional PixelCNN (num_classes)")
         self.config = config
         c = config.channels
         k_map = config.class_map_channels if config.num_classes else 0
         size = config.image_size
         # Depends on the label only, never on pixels, so every position may see all of it.
-        self.class_map = nn.Embedding(config.num_classes, k_map * size * size) if k_map else None
+        self.class_map = nn.Embedding(config.label_rows, k_map * size * size) if k_map else None
         if self.class_map is not None:
             nn.init.zeros_(self.class_map.weight)
         # Input: the image, the class map, and a channel of ones that tells the zero padding apart.
         self.layers = nn.ModuleList(
-            GatedLayer(2 + k_map if i == 0 else c, c, k, d, config.num_classes, residual=i > 0)
+            GatedLayer(2 + k_map if i == 0 else c, c, k, d, config.label_rows, residual=i > 0)
             for i, (k, d) in enumerate(config.layer_shapes())
         )
         # After layer l, the rows of the vertical stack a window still needs: the last row and the
@@ -141,6 +149,11 @@ class PixelCNN(nn.Module):
             nn.ReLU(),
             nn.Conv2d(config.head_channels, config.levels, 1),
         )
+
+    @property
+    def null_label(self) -> int | None:
+        """The label meaning "no class" (guided nets only)."""
+        return self.config.num_classes if self.config.guided else None
 
     def inputs(self, x: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, 1, H, W) and the label's class map -> the stacks' per-pixel inputs (B, 1 + K, H, W)."""
@@ -179,7 +192,13 @@ class PixelCNN(nn.Module):
 class PixelCNNStep(nn.Module):
     """One pixel per call, in ``signature.autoregressive_step_signature``'s contract:
     x (B, 1, H, W), t (B,) int64, coef (B, 6) (column 0: 1 / temperature), noise (B, 1, H, W)
-    [, label (B,) int64] -> x_next: x before position t, the sampled level at t, zeros after.
+    [, label (B,) int64 [, guidance (B,) float32]] -> x_next: x before position t, the sampled
+    level at t, zeros after.
+
+    A guided net (``config.guided``) samples from classifier-free-guided log-probabilities, the
+    net run on the batch twice over (each slot's label, then the null label) and combined per slot
+    as log p_u + w (log p_c - log p_u): w = 1 is the plain conditional model, w = 0 the
+    unconditional one, w > 1 sharpens towards the asked class (as ``GuidedDiffusionStep``'s ε).
 
     The net runs on the ``rows_up + 1`` rows that end at pixel t's row (all its logits can see),
     not on the whole image: the same logits at a fraction of the cost, once per pixel."""
@@ -203,6 +222,17 @@ class PixelCNNStep(nn.Module):
         at = col[:, None, None].expand(b, feats.shape[1], 1)  # (B, C, 1)
         return self.net.head(feats.gather(2, at)[..., None]).flatten(1)  # (B, levels): the head at pixel t only
 
+    def guided_logits(
+        self, x: torch.Tensor, t: torch.Tensor, label: torch.Tensor, guidance: torch.Tensor
+    ) -> torch.Tensor:
+        """Classifier-free-guided log-probabilities (B, levels) at position t, ``guidance`` (B,) per slot."""
+        b = x.shape[0]
+        null = torch.full_like(label, self.net.null_label)
+        both = self.logits(torch.cat([x, x]), torch.cat([t, t]), torch.cat([label, null]))  # (2B, levels)
+        log_p = F.log_softmax(both, dim=1)
+        log_c, log_u = log_p[:b], log_p[b:]
+        return log_u + guidance[:, None] * (log_c - log_u)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -210,11 +240,18 @@ class PixelCNNStep(nn.Module):
         coef: torch.Tensor,
         noise: torch.Tensor,
         label: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, _, height, width = x.shape
         levels = self.net.config.levels
         t = t.clamp(0, height * width - 1)  # any int is a valid request: past the end resamples the last pixel
-        probs = torch.softmax(self.logits(x, t, label) * coef[:, :1], dim=1)  # (B, levels)
+        if self.net.null_label is not None:
+            if label is None or guidance is None:
+                raise ValueError("a guided PixelCNN step takes a label and a guidance scale per slot")
+            logits = self.guided_logits(x, t, label, guidance)
+        else:
+            logits = self.logits(x, t, label)
+        probs = torch.softmax(logits * coef[:, :1], dim=1)  # (B, levels)
         cdf = torch.cumsum(probs, dim=1)
         z = noise.flatten(1).gather(1, t[:, None])  # (B, 1)
         u = 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0)))  # Phi(z): uniform in (0, 1)
@@ -226,11 +263,17 @@ class PixelCNNStep(nn.Module):
 
 
 @torch.no_grad()
-def sample(step: PixelCNNStep, labels: np.ndarray | torch.Tensor, seed: int, temperature: float = 1.0) -> torch.Tensor:
+def sample(
+    step: PixelCNNStep,
+    labels: np.ndarray | torch.Tensor,
+    seed: int,
+    temperature: float = 1.0,
+    guidance: float = 1.0,
+) -> torch.Tensor:
     """Reference loop with the server's noise keys (as ``nets.step.sample``): image i of seed s
     starts from gaussian(s, i, INITIAL_STEP) and step k (pixel k, row-major) draws gaussian(s, i,
     k + 1). ``labels`` (N,) gives the number of images (and their classes, for a conditional net)
-    -> images (N, 1, H, W) in [-1, 1] on the 256 levels."""
+    -> images (N, 1, H, W) in [-1, 1] on the 256 levels. ``guidance``: a guided net's scale."""
     cfg = step.net.config
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
     n = len(labels)
@@ -240,6 +283,8 @@ def sample(step: PixelCNNStep, labels: np.ndarray | torch.Tensor, seed: int, tem
     coef = torch.zeros(n, len(schedule.COEF_COLUMNS))
     coef[:, 0] = 1.0 / temperature
     extra = (labels,) if cfg.num_classes is not None else ()
+    if cfg.guided:
+        extra += (torch.full((n,), guidance, dtype=torch.float32),)
     for k in range(cfg.image_size * cfg.image_size):
         z = torch.from_numpy(noise_lib.gaussian(seeds, index, np.full(n, k + 1), shape))
         x = step(x, torch.full((n,), k, dtype=torch.int64), coef, z, *extra)

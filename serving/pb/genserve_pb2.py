@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agenserve/v1/genserve.proto\x12\x0bgenserve.v1\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.genserve.v1.ModelInfo\"\xf4\x04\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.genserve.v1.ModelKind\x12\x0f\n\x07version\x18\x03 \x01(\t\x12,\n\x0bimage_shape\x18\x04 \x01(\x0b\x32\x17.genserve.v1.ImageShape\x12\x1e\n\x16max_images_per_request\x18\x05 \x01(\x05\x12-\n\tdiffusion\x18\x06 \x01(\x0b\x32\x1a.genserve.v1.DiffusionInfo\x12\x34\n\x07metrics\x18\x07 \x03(\x0b\x32#.genserve.v1.ModelInfo.MetricsEntry\x12\x14\n\x0cmetrics_json\x18\x08 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\t \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\n \x01(\t\x12\x13\n\x0bnum_classes\x18\x0b \x01(\x05\x12\x12\n\nlatent_dim\x18\x0c \x01(\x05\x12,\n\x0binput_shape\x18\r \x01(\x0b\x32\x17.genserve.v1.ImageShape\x12\x19\n\x11input_description\x18\x0e \x01(\t\x12 \n\x13\x64\x65\x66\x61ult_temperature\x18\x0f \x01(\x02H\x00\x88\x01\x01\x12\x14\n\x0cstyle_layers\x18\x10 \x01(\x05\x12\x16\n\x0elog_likelihood\x18\x11 \x01(\x08\x12\x11\n\tnum_steps\x18\x12 \x01(\x05\x12\x16\n\x0erequest_fields\x18\x13 \x03(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x16\n\x14_default_temperature\"=\n\nImageShape\x12\x10\n\x08\x63hannels\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\"\xa0\x01\n\rDiffusionInfo\x12\x15\n\rnum_timesteps\x18\x01 \x01(\x05\x12\x15\n\rdefault_steps\x18\x02 \x01(\x05\x12-\n\x0f\x64\x65\x66\x61ult_sampler\x18\x03 \x01(\x0e\x32\x14.genserve.v1.Sampler\x12\x1d\n\x10\x64\x65\x66\x61ult_guidance\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\x13\n\x11_default_guidance\"\xb6\x04\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nnum_images\x18\x02 \x01(\x05\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12\x12\n\x05steps\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12%\n\x07sampler\x18\x05 \x01(\x0e\x32\x14.genserve.v1.Sampler\x12\x10\n\x03\x65ta\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12,\n\x08\x65ncoding\x18\x07 \x01(\x0e\x32\x1a.genserve.v1.ImageEncoding\x12\x17\n\ntimeout_ms\x18\x08 \x01(\rH\x02\x88\x01\x01\x12\x10\n\x08priority\x18\t \x01(\r\x12\x12\n\x05label\x18\n \x01(\x05H\x03\x88\x01\x01\x12 \n\x13interpolate_to_seed\x18\x0b \x01(\x03H\x04\x88\x01\x01\x12\x15\n\x08guidance\x18\x0c \x01(\x02H\x05\x88\x01\x01\x12\x13\n\x0b\x66irst_index\x18\r \x01(\r\x12\x18\n\x0btemperature\x18\x0e \x01(\x02H\x06\x88\x01\x01\x12\x17\n\ntruncation\x18\x0f \x01(\x02H\x07\x88\x01\x01\x12\x15\n\x08mix_seed\x18\x10 \x01(\x03H\x08\x88\x01\x01\x12\x16\n\tmix_layer\x18\x11 \x01(\rH\t\x88\x01\x01\x42\x08\n\x06_stepsB\x06\n\x04_etaB\r\n\x0b_timeout_msB\x08\n\x06_labelB\x16\n\x14_interpolate_to_seedB\x0b\n\t_guidanceB\x0e\n\x0c_temperatureB\r\n\x0b_truncationB\x0b\n\t_mix_seedB\x0c\n\n_mix_layer\"]\n\x15GenerateStreamRequest\x12-\n\x07request\x18\x01 \x01(\x0b\x32\x1c.genserve.v1.GenerateRequest\x12\x15\n\rpreview_every\x18\x02 \x01(\r\"\x8b\x01\n\x10GenerateProgress\x12\x0c\n\x04step\x18\x01 \x01(\x05\x12\x13\n\x0btotal_steps\x18\x02 \x01(\x05\x12%\n\x08previews\x18\x03 \x03(\x0b\x32\x13.genserve.v1.Tensor\x12-\n\x06result\x18\x04 \x01(\x0b\x32\x1d.genserve.v1.GenerateResponse\"E\n\x10GenerateResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\"\n\x06images\x18\x02 \x03(\x0b\x32\x12.genserve.v1.Image\"\xb9\x01\n\x10TranslateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04pngs\x18\x02 \x03(\x0c\x12 \n\x03raw\x18\x03 \x01(\x0b\x32\x13.genserve.v1.Tensor\x12,\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x1a.genserve.v1.ImageEncoding\x12\x17\n\ntimeout_ms\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\x10\n\x08priority\x18\x06 \x01(\rB\r\n\x0b_timeout_ms\"F\n\x11TranslateResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\"\n\x06images\x18\x02 \x03(\x0b\x32\x12.genserve.v1.Image\"\x8f\x01\n\x14LogLikelihoodRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04pngs\x18\x02 \x03(\x0c\x12 \n\x03raw\x18\x03 \x01(\x0b\x32\x13.genserve.v1.Tensor\x12\x17\n\ntimeout_ms\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x10\n\x08priority\x18\x05 \x01(\rB\r\n\x0b_timeout_ms\"<\n\x15LogLikelihoodResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0c\x62its_per_dim\x18\x02 \x03(\x02\"6\n\x05Image\x12\x0b\n\x03png\x18\x01 \x01(\x0c\x12 \n\x03raw\x18\x02 \x01(\x0b\x32\x13.genserve.v1.Tensor\"K\n\x06Tensor\x12$\n\x05\x64type\x18\x01 \x01(\x0e\x32\x15.genserve.v1.DataType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c*\x93\x01\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12MODEL_KIND_SAMPLER\x10\x01\x12\x19\n\x15MODEL_KIND_TRANSLATOR\x10\x02\x12\x18\n\x14MODEL_KIND_DIFFUSION\x10\x03\x12\x1d\n\x19MODEL_KIND_AUTOREGRESSIVE\x10\x04*F\n\x07Sampler\x12\x17\n\x13SAMPLER_UNSPECIFIED\x10\x00\x12\x10\n\x0cSAMPLER_DDPM\x10\x01\x12\x10\n\x0cSAMPLER_DDIM\x10\x02*\x7f\n\rImageEncoding\x12\x1e\n\x1aIMAGE_ENCODING_UNSPECIFIED\x10\x00\x12\x1e\n\x1aIMAGE_ENCODING_PNG_AND_RAW\x10\x01\x12\x16\n\x12IMAGE_ENCODING_PNG\x10\x02\x12\x16\n\x12IMAGE_ENCODING_RAW\x10\x03*Q\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x41TA_TYPE_UINT8\x10\x01\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x02\x32\xa6\x03\n\x11GenerationService\x12M\n\nListModels\x12\x1e.genserve.v1.ListModelsRequest\x1a\x1f.genserve.v1.ListModelsResponse\x12G\n\x08Generate\x12\x1c.genserve.v1.GenerateRequest\x1a\x1d.genserve.v1.GenerateResponse\x12U\n\x0eGenerateStream\x12\".genserve.v1.GenerateStreamRequest\x1a\x1d.genserve.v1.GenerateProgress0\x01\x12J\n\tTranslate\x12\x1d.genserve.v1.TranslateRequest\x1a\x1e.genserve.v1.TranslateResponse\x12V\n\rLogLikelihood\x12!.genserve.v1.LogLikelihoodRequest\x1a\".genserve.v1.LogLikelihoodResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agenserve/v1/genserve.proto\x12\x0bgenserve.v1\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.genserve.v1.ModelInfo\"\xa8\x05\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.genserve.v1.ModelKind\x12\x0f\n\x07version\x18\x03 \x01(\t\x12,\n\x0bimage_shape\x18\x04 \x01(\x0b\x32\x17.genserve.v1.ImageShape\x12\x1e\n\x16max_images_per_request\x18\x05 \x01(\x05\x12-\n\tdiffusion\x18\x06 \x01(\x0b\x32\x1a.genserve.v1.DiffusionInfo\x12\x34\n\x07metrics\x18\x07 \x03(\x0b\x32#.genserve.v1.ModelInfo.MetricsEntry\x12\x14\n\x0cmetrics_json\x18\x08 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\t \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\n \x01(\t\x12\x13\n\x0bnum_classes\x18\x0b \x01(\x05\x12\x12\n\nlatent_dim\x18\x0c \x01(\x05\x12,\n\x0binput_shape\x18\r \x01(\x0b\x32\x17.genserve.v1.ImageShape\x12\x19\n\x11input_description\x18\x0e \x01(\t\x12 \n\x13\x64\x65\x66\x61ult_temperature\x18\x0f \x01(\x02H\x00\x88\x01\x01\x12\x14\n\x0cstyle_layers\x18\x10 \x01(\x05\x12\x16\n\x0elog_likelihood\x18\x11 \x01(\x08\x12\x11\n\tnum_steps\x18\x12 \x01(\x05\x12\x16\n\x0erequest_fields\x18\x13 \x03(\t\x12\x1d\n\x10\x64\x65\x66\x61ult_guidance\x18\x14 \x01(\x02H\x01\x88\x01\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x16\n\x14_default_temperatureB\x13\n\x11_default_guidance\"=\n\nImageShape\x12\x10\n\x08\x63hannels\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\"\xa0\x01\n\rDiffusionInfo\x12\x15\n\rnum_timesteps\x18\x01 \x01(\x05\x12\x15\n\rdefault_steps\x18\x02 \x01(\x05\x12-\n\x0f\x64\x65\x66\x61ult_sampler\x18\x03 \x01(\x0e\x32\x14.genserve.v1.Sampler\x12\x1d\n\x10\x64\x65\x66\x61ult_guidance\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\x13\n\x11_default_guidance\"\xb6\x04\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nnum_images\x18\x02 \x01(\x05\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12\x12\n\x05steps\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12%\n\x07sampler\x18\x05 \x01(\x0e\x32\x14.genserve.v1.Sampler\x12\x10\n\x03\x65ta\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12,\n\x08\x65ncoding\x18\x07 \x01(\x0e\x32\x1a.genserve.v1.ImageEncoding\x12\x17\n\ntimeout_ms\x18\x08 \x01(\rH\x02\x88\x01\x01\x12\x10\n\x08priority\x18\t \x01(\r\x12\x12\n\x05label\x18\n \x01(\x05H\x03\x88\x01\x01\x12 \n\x13interpolate_to_seed\x18\x0b \x01(\x03H\x04\x88\x01\x01\x12\x15\n\x08guidance\x18\x0c \x01(\x02H\x05\x88\x01\x01\x12\x13\n\x0b\x66irst_index\x18\r \x01(\r\x12\x18\n\x0btemperature\x18\x0e \x01(\x02H\x06\x88\x01\x01\x12\x17\n\ntruncation\x18\x0f \x01(\x02H\x07\x88\x01\x01\x12\x15\n\x08mix_seed\x18\x10 \x01(\x03H\x08\x88\x01\x01\x12\x16\n\tmix_layer\x18\x11 \x01(\rH\t\x88\x01\x01\x42\x08\n\x06_stepsB\x06\n\x04_etaB\r\n\x0b_timeout_msB\x08\n\x06_labelB\x16\n\x14_interpolate_to_seedB\x0b\n\t_guidanceB\x0e\n\x0c_temperatureB\r\n\x0b_truncationB\x0b\n\t_mix_seedB\x0c\n\n_mix_layer\"]\n\x15GenerateStreamRequest\x12-\n\x07request\x18\x01 \x01(\x0b\x32\x1c.genserve.v1.GenerateRequest\x12\x15\n\rpreview_every\x18\x02 \x01(\r\"\x8b\x01\n\x10GenerateProgress\x12\x0c\n\x04step\x18\x01 \x01(\x05\x12\x13\n\x0btotal_steps\x18\x02 \x01(\x05\x12%\n\x08previews\x18\x03 \x03(\x0b\x32\x13.genserve.v1.Tensor\x12-\n\x06result\x18\x04 \x01(\x0b\x32\x1d.genserve.v1.GenerateResponse\"E\n\x10GenerateResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\"\n\x06images\x18\x02 \x03(\x0b\x32\x12.genserve.v1.Image\"\xb9\x01\n\x10TranslateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04pngs\x18\x02 \x03(\x0c\x12 \n\x03raw\x18\x03 \x01(\x0b\x32\x13.genserve.v1.Tensor\x12,\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x1a.genserve.v1.ImageEncoding\x12\x17\n\ntimeout_ms\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\x10\n\x08priority\x18\x06 \x01(\rB\r\n\x0b_timeout_ms\"F\n\x11TranslateResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\"\n\x06images\x18\x02 \x03(\x0b\x32\x12.genserve.v1.Image\"\x8f\x01\n\x14LogLikelihoodRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04pngs\x18\x02 \x03(\x0c\x12 \n\x03raw\x18\x03 \x01(\x0b\x32\x13.genserve.v1.Tensor\x12\x17\n\ntimeout_ms\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x10\n\x08priority\x18\x05 \x01(\rB\r\n\x0b_timeout_ms\"<\n\x15LogLikelihoodResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0c\x62its_per_dim\x18\x02 \x03(\x02\"6\n\x05Image\x12\x0b\n\x03png\x18\x01 \x01(\x0c\x12 \n\x03raw\x18\x02 \x01(\x0b\x32\x13.genserve.v1.Tensor\"K\n\x06Tensor\x12$\n\x05\x64type\x18\x01 \x01(\x0e\x32\x15.genserve.v1.DataType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c*\x93\x01\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12MODEL_KIND_SAMPLER\x10\x01\x12\x19\n\x15MODEL_KIND_TRANSLATOR\x10\x02\x12\x18\n\x14MODEL_KIND_DIFFUSION\x10\x03\x12\x1d\n\x19MODEL_KIND_AUTOREGRESSIVE\x10\x04*F\n\x07Sampler\x12\x17\n\x13SAMPLER_UNSPECIFIED\x10\x00\x12\x10\n\x0cSAMPLER_DDPM\x10\x01\x12\x10\n\x0cSAMPLER_DDIM\x10\x02*\x7f\n\rImageEncoding\x12\x1e\n\x1aIMAGE_ENCODING_UNSPECIFIED\x10\x00\x12\x1e\n\x1aIMAGE_ENCODING_PNG_AND_RAW\x10\x01\x12\x16\n\x12IMAGE_ENCODING_PNG\x10\x02\x12\x16\n\x12IMAGE_ENCODING_RAW\x10\x03*Q\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x41TA_TYPE_UINT8\x10\x01\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x02\x32\xa6\x03\n\x11GenerationService\x12M\n\nListModels\x12\x1e.genserve.v1.ListModelsRequest\x1a\x1f.genserve.v1.ListModelsResponse\x12G\n\x08Generate\x12\x1c.genserve.v1.GenerateRequest\x1a\x1d.genserve.v1.GenerateResponse\x12U\n\x0eGenerateStream\x12\".genserve.v1.GenerateStreamRequest\x1a\x1d.genserve.v1.GenerateProgress0\x01\x12J\n\tTranslate\x12\x1d.genserve.v1.TranslateRequest\x1a\x1e.genserve.v1.TranslateResponse\x12V\n\rLogLikelihood\x12!.genserve.v1.LogLikelihoodRequest\x1a\".genserve.v1.LogLikelihoodResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,46 +33,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELINFO_METRICSENTRY']._loaded_options = None
   _globals['_MODELINFO_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_MODELKIND']._serialized_start=2462
-  _globals['_MODELKIND']._serialized_end=2609
-  _globals['_SAMPLER']._serialized_start=2611
-  _globals['_SAMPLER']._serialized_end=2681
-  _globals['_IMAGEENCODING']._serialized_start=2683
-  _globals['_IMAGEENCODING']._serialized_end=2810
-  _globals['_DATATYPE']._serialized_start=2812
-  _globals['_DATATYPE']._serialized_end=2893
+  _globals['_MODELKIND']._serialized_start=2514
+  _globals['_MODELKIND']._serialized_end=2661
+  _globals['_SAMPLER']._serialized_start=2663
+  _globals['_SAMPLER']._serialized_end=2733
+  _globals['_IMAGEENCODING']._serialized_start=2735
+  _globals['_IMAGEENCODING']._serialized_end=2862
+  _globals['_DATATYPE']._serialized_start=2864
+  _globals['_DATATYPE']._serialized_end=2945
   _globals['_LISTMODELSREQUEST']._serialized_start=43
   _globals['_LISTMODELSREQUEST']._serialized_end=62
   _globals['_LISTMODELSRESPONSE']._serialized_start=64
   _globals['_LISTMODELSRESPONSE']._serialized_end=124
   _globals['_MODELINFO']._serialized_start=127
-  _globals['_MODELINFO']._serialized_end=755
-  _globals['_MODELINFO_METRICSENTRY']._serialized_start=685
-  _globals['_MODELINFO_METRICSENTRY']._serialized_end=731
-  _globals['_IMAGESHAPE']._serialized_start=757
-  _globals['_IMAGESHAPE']._serialized_end=818
-  _globals['_DIFFUSIONINFO']._serialized_start=821
-  _globals['_DIFFUSIONINFO']._serialized_end=981
-  _globals['_GENERATEREQUEST']._serialized_start=984
-  _globals['_GENERATEREQUEST']._serialized_end=1550
-  _globals['_GENERATESTREAMREQUEST']._serialized_start=1552
-  _globals['_GENERATESTREAMREQUEST']._serialized_end=1645
-  _globals['_GENERATEPROGRESS']._serialized_start=1648
-  _globals['_GENERATEPROGRESS']._serialized_end=1787
-  _globals['_GENERATERESPONSE']._serialized_start=1789
-  _globals['_GENERATERESPONSE']._serialized_end=1858
-  _globals['_TRANSLATEREQUEST']._serialized_start=1861
-  _globals['_TRANSLATEREQUEST']._serialized_end=2046
-  _globals['_TRANSLATERESPONSE']._serialized_start=2048
-  _globals['_TRANSLATERESPONSE']._serialized_end=2118
-  _globals['_LOGLIKELIHOODREQUEST']._serialized_start=2121
-  _globals['_LOGLIKELIHOODREQUEST']._serialized_end=2264
-  _globals['_LOGLIKELIHOODRESPONSE']._serialized_start=2266
-  _globals['_LOGLIKELIHOODRESPONSE']._serialized_end=2326
-  _globals['_IMAGE']._serialized_start=2328
-  _globals['_IMAGE']._serialized_end=2382
-  _globals['_TENSOR']._serialized_start=2384
-  _globals['_TENSOR']._serialized_end=2459
-  _globals['_GENERATIONSERVICE']._serialized_start=2896
-  _globals['_GENERATIONSERVICE']._serialized_end=3318
+  _globals['_MODELINFO']._serialized_end=807
+  _globals['_MODELINFO_METRICSENTRY']._serialized_start=716
+  _globals['_MODELINFO_METRICSENTRY']._serialized_end=762
+  _globals['_IMAGESHAPE']._serialized_start=809
+  _globals['_IMAGESHAPE']._serialized_end=870
+  _globals['_DIFFUSIONINFO']._serialized_start=873
+  _globals['_DIFFUSIONINFO']._serialized_end=1033
+  _globals['_GENERATEREQUEST']._serialized_start=1036
+  _globals['_GENERATEREQUEST']._serialized_end=1602
+  _globals['_GENERATESTREAMREQUEST']._serialized_start=1604
+  _globals['_GENERATESTREAMREQUEST']._serialized_end=1697
+  _globals['_GENERATEPROGRESS']._serialized_start=1700
+  _globals['_GENERATEPROGRESS']._serialized_end=1839
+  _globals['_GENERATERESPONSE']._serialized_start=1841
+  _globals['_GENERATERESPONSE']._serialized_end=1910
+  _globals['_TRANSLATEREQUEST']._serialized_start=1913
+  _globals['_TRANSLATEREQUEST']._serialized_end=2098
+  _globals['_TRANSLATERESPONSE']._serialized_start=2100
+  _globals['_TRANSLATERESPONSE']._serialized_end=2170
+  _globals['_LOGLIKELIHOODREQUEST']._serialized_start=2173
+  _globals['_LOGLIKELIHOODREQUEST']._serialized_end=2316
+  _globals['_LOGLIKELIHOODRESPONSE']._serialized_start=2318
+  _globals['_LOGLIKELIHOODRESPONSE']._serialized_end=2378
+  _globals['_IMAGE']._serialized_start=2380
+  _globals['_IMAGE']._serialized_end=2434
+  _globals['_TENSOR']._serialized_start=2436
+  _globals['_TENSOR']._serialized_end=2511
+  _globals['_GENERATIONSERVICE']._serialized_start=2948
+  _globals['_GENERATIONSERVICE']._serialized_end=3370
 # @@protoc_insertion_point(module_scope)

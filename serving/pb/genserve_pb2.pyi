@@ -60,7 +60,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "kind", "version", "image_shape", "max_images_per_request", "diffusion", "metrics", "metrics_json", "description", "dataset", "num_classes", "latent_dim", "input_shape", "input_description", "default_temperature", "style_layers", "log_likelihood", "num_steps", "request_fields")
+    __slots__ = ("name", "kind", "version", "image_shape", "max_images_per_request", "diffusion", "metrics", "metrics_json", "description", "dataset", "num_classes", "latent_dim", "input_shape", "input_description", "default_temperature", "style_layers", "log_likelihood", "num_steps", "request_fields", "default_guidance")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class ModelInfo(_message.Message):
     LOG_LIKELIHOOD_FIELD_NUMBER: _ClassVar[int]
     NUM_STEPS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_GUIDANCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: ModelKind
     version: str
@@ -106,7 +107,8 @@ class ModelInfo(_message.Message):
     log_likelihood: bool
     num_steps: int
     request_fields: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., version: _Optional[str] = ..., image_shape: _Optional[_Union[ImageShape, _Mapping]] = ..., max_images_per_request: _Optional[int] = ..., diffusion: _Optional[_Union[DiffusionInfo, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., metrics_json: _Optional[str] = ..., description: _Optional[str] = ..., dataset: _Optional[str] = ..., num_classes: _Optional[int] = ..., latent_dim: _Optional[int] = ..., input_shape: _Optional[_Union[ImageShape, _Mapping]] = ..., input_description: _Optional[str] = ..., default_temperature: _Optional[float] = ..., style_layers: _Optional[int] = ..., log_likelihood: _Optional[bool] = ..., num_steps: _Optional[int] = ..., request_fields: _Optional[_Iterable[str]] = ...) -> None: ...
+    default_guidance: float
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., version: _Optional[str] = ..., image_shape: _Optional[_Union[ImageShape, _Mapping]] = ..., max_images_per_request: _Optional[int] = ..., diffusion: _Optional[_Union[DiffusionInfo, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., metrics_json: _Optional[str] = ..., description: _Optional[str] = ..., dataset: _Optional[str] = ..., num_classes: _Optional[int] = ..., latent_dim: _Optional[int] = ..., input_shape: _Optional[_Union[ImageShape, _Mapping]] = ..., input_description: _Optional[str] = ..., default_temperature: _Optional[float] = ..., style_layers: _Optional[int] = ..., log_likelihood: _Optional[bool] = ..., num_steps: _Optional[int] = ..., request_fields: _Optional[_Iterable[str]] = ..., default_guidance: _Optional[float] = ...) -> None: ...
 
 class ImageShape(_message.Message):
     __slots__ = ("channels", "height", "width")

@@ -1,5 +1,6 @@
 """The newer families through the serving core and a real server (``curriculum_models``: small
-random-init networks, real export): PixelCNN as the step scheduler's second iterative kind,
+random-init networks, real export): PixelCNN as the step scheduler's second iterative kind
+(with a classifier-free guidance scale per request),
 latent diffusion finishing through its decoder, a flow's temperature and ``LogLikelihood`` on both
 APIs, and a StyleGAN's per-request truncation and style mixing."""
 
@@ -72,7 +73,7 @@ def test_pixelcnn_requests_share_each_steps_batch_and_are_batch_invariant(pixelc
     requests = [
         GenerateRequest(PIXELCNN, 2, seed=1, label=3),
         GenerateRequest(PIXELCNN, 1, seed=2),
-        GenerateRequest(PIXELCNN, 2, seed=3, temperature=0.7),
+        GenerateRequest(PIXELCNN, 2, seed=3, temperature=0.7, guidance=0.5),
     ]
 
     async def scenario():
@@ -105,6 +106,17 @@ def test_a_pixelcnn_images_are_its_own_and_the_temperature_and_label_change_them
     assert (base != pixelcnn.generate(GenerateRequest(PIXELCNN, 2, seed=4, label=2))).any()
 
 
+def test_a_guided_pixelcnn_takes_its_default_scale_unless_the_request_sets_one(pixelcnn):
+    request = GenerateRequest(PIXELCNN, 2, seed=4, label=1)
+    assert pixelcnn.validate(request).guidance == 2.0  # the manifest's default_guidance
+    assert pixelcnn.validate(GenerateRequest(PIXELCNN, 2, guidance=0.0)).guidance == 0.0
+    base = pixelcnn.generate(request)
+    np.testing.assert_array_equal(base, pixelcnn.generate(GenerateRequest(PIXELCNN, 2, seed=4, label=1, guidance=2.0)))
+    assert (base != pixelcnn.generate(GenerateRequest(PIXELCNN, 2, seed=4, label=1, guidance=1.0))).any()
+    with pytest.raises(Exception, match="guidance must be in"):
+        pixelcnn.validate(GenerateRequest(PIXELCNN, 1, guidance=-1.0))
+
+
 def test_cancelling_a_pixelcnn_request_frees_its_slots_at_the_next_step(pixelcnn, executor):
     async def scenario():
         scheduler = DiffusionScheduler(pixelcnn, ModelSettings(), executor)
@@ -127,7 +139,9 @@ def test_cancelling_a_pixelcnn_request_frees_its_slots_at_the_next_step(pixelcnn
 def test_models_list_the_new_kinds_with_their_inputs(client):
     infos = {i.name: i for i in client.list_models()}
     assert infos[PIXELCNN].kind is ModelKind.AUTOREGRESSIVE and infos[PIXELCNN].num_steps == 784
-    assert "temperature" in infos[PIXELCNN].request_fields and "label" in infos[PIXELCNN].request_fields
+    assert {"temperature", "label", "guidance"} <= set(infos[PIXELCNN].request_fields)
+    assert infos[PIXELCNN].default_guidance == 2.0
+    assert infos[FLOW].default_guidance is None and "guidance" not in infos[FLOW].request_fields
     assert infos[FLOW].likelihood and infos[FLOW].default_temperature == 1.0
     assert infos[STYLEGAN].style_layers and "mix_layer" in infos[STYLEGAN].request_fields
     assert infos[LDM].kind is ModelKind.DIFFUSION and not infos[LDM].likelihood
@@ -187,6 +201,8 @@ def test_a_kserve_call_takes_seed_or_source_not_both(curriculum_server):
         (STYLEGAN, "mix_layer_alone", "mix_layer needs mix_seed"),
         (STYLEGAN, "mix_layer_range", "mix_layer must be in"),
         (PIXELCNN, "hot", "temperature must be in"),
+        (PIXELCNN, "overguided", "guidance must be in [0, 20]"),
+        (FLOW, "guidance", "guidance applies to guided class-conditional models only"),
     ],
 )
 def test_options_outside_a_model_are_invalid_argument(client, model, call, message):
@@ -198,6 +214,8 @@ def test_options_outside_a_model_are_invalid_argument(client, model, call, messa
         "mix_layer_alone": lambda: client.generate(model, 1, mix_layer=1),
         "mix_layer_range": lambda: client.generate(model, 1, mix_seed=2, mix_layer=99),
         "hot": lambda: client.generate(model, 1, temperature=50.0),
+        "overguided": lambda: client.generate(model, 1, guidance=21.0),
+        "guidance": lambda: client.generate(model, 1, guidance=2.0),
     }
     with pytest.raises(grpc.RpcError) as err:
         calls[call]()
@@ -226,6 +244,22 @@ def test_style_truncation_and_mixing_over_both_apis(client, curriculum_server):
     image = kserve.infer(STYLEGAN, inputs).as_numpy("IMAGE")
     want = client.generate(STYLEGAN, 1, seed=1, truncation=0.5, mix_seed=9, mix_layer=2)
     np.testing.assert_array_equal(image, want)
+
+
+def test_a_pixelcnns_guidance_over_kserve_equals_the_native_api(client, curriculum_server):
+    kserve = triton.InferenceServerClient(curriculum_server.target)
+    inputs = []
+    for name, datatype, value in (
+        ("SEED", "INT64", np.array([[3]], np.int64)),
+        ("LABEL", "INT32", np.array([[6]], np.int32)),
+        ("GUIDANCE", "FP32", np.array([[4.0]], np.float32)),
+    ):
+        tensor = triton.InferInput(name, [1, 1], datatype)
+        tensor.set_data_from_numpy(value)
+        inputs.append(tensor)
+    image = kserve.infer(PIXELCNN, inputs).as_numpy("IMAGE")
+    np.testing.assert_array_equal(image, client.generate(PIXELCNN, 1, seed=3, label=6, guidance=4.0))
+    assert (image != client.generate(PIXELCNN, 1, seed=3, label=6)).any()
 
 
 def test_pixelcnn_requests_share_steps_on_the_server(client, curriculum_server):

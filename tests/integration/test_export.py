@@ -67,6 +67,23 @@ def test_invalid_manifest_reports_every_problem(tmp_path):
         assert expected in problems
 
 
+def test_a_guided_graphs_manifest_states_its_default_scale_and_older_folders_still_load(tiny_models, tmp_path):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_models / "ddpm-cond-tiny", folder)
+    path = folder / mf.MANIFEST_FILE
+    d = json.loads(path.read_text())
+    assert d["default_guidance"] == 1.0 and "default_guidance" not in d["diffusion"]
+    d["diffusion"]["default_guidance"] = d.pop("default_guidance")  # where folders exported before kept it
+    path.write_text(json.dumps(d))
+    assert mf.Manifest.load(folder).default_guidance == 1.0
+    del d["diffusion"]["default_guidance"]
+    path.write_text(json.dumps(d))
+    with pytest.raises(mf.ManifestError, match="'default_guidance' is set exactly when the graph takes a 'guidance'"):
+        mf.Manifest.load(folder)
+
+
 def test_sample_inputs_follow_the_signature(tiny_models):
     sig = mf.Manifest.load(tiny_models / "ddpm-tiny").signature
     feeds = sig.sample_inputs(batch=3)

@@ -100,8 +100,8 @@ def test_the_guided_graph_takes_a_label_and_a_guidance_per_slot(tiny_models: Pat
         ("label", "int64", (-1,)),
         ("guidance", "float32", (-1,)),
     ]
-    assert manifest.diffusion.default_guidance == 1.0  # exported without a Servable: plain conditional
-    assert mf.Manifest.load(tiny_models / DDPM).diffusion.default_guidance is None
+    assert manifest.default_guidance == 1.0  # exported without a Servable: plain conditional
+    assert mf.Manifest.load(tiny_models / DDPM).default_guidance is None
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -216,8 +216,8 @@ def test_concurrent_requests_with_mixed_labels_and_guidance_keep_their_own_image
         (DDPM_COND, dict(guidance=20.5), "guidance must be in [0, 20]"),
         (DDPM_COND, dict(guidance=float("nan")), "guidance must be in [0, 20]"),
         (DDPM_COND, dict(label=10), f"label must be in [0, {NUM_CLASSES}) for model {DDPM_COND}, got 10"),
-        (DDPM, dict(guidance=2.0), f"guidance applies to class-conditional diffusion models only; {DDPM} is not one"),
-        (GAN, dict(guidance=2.0), f"guidance applies to diffusion models only; {GAN} is a sampler model"),
+        (DDPM, dict(guidance=2.0), f"guidance applies to guided class-conditional models only; {DDPM} is not one"),
+        (GAN, dict(guidance=2.0), f"guidance applies to guided class-conditional models only; {GAN} is not one"),
     ],
 )
 def test_invalid_guidance_is_invalid_argument_naming_what_is_allowed(client: GenserveClient, model, options, message):

@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from genserve import manifest as mf
-from genserve.export.onnx_export import DDPM_COND_GUIDANCE, PARITY_ATOL, SERVED, check_parity, export_model_folder
+from genserve.export.onnx_export import (
+    DDPM_COND_GUIDANCE,
+    PARITY_ATOL,
+    PIXELCNN_GUIDANCE,
+    SERVED,
+    check_parity,
+    export_model_folder,
+)
 from genserve.nets import build, load_checkpoint, save_checkpoint
 from genserve.nets.cgan import CGANConfig
 from genserve.nets.cyclegan import CycleGANConfig
@@ -45,7 +52,7 @@ TINY = {
     "ddpm-cond-mnist": ("unet", UNetConfig(base_channels=8, channel_mults=(1, 2), groups=4, num_classes=10)),
     "acgan-mnist": ("cgan_generator", CGANConfig(latent_dim=8, embed_dim=4, gen_features=4)),
     "ldm-mnist": ("latent_diffusion", LatentDiffusionConfig(latent_dim=4, width=8, depth=1, vae_features=4)),
-    "pixelcnn-mnist": ("pixelcnn", PixelCNNConfig(channels=4, layers=2, head_channels=8)),
+    "pixelcnn-mnist": ("pixelcnn", PixelCNNConfig(channels=4, layers=2, head_channels=8, guided=True)),
     "stylegan-mnist": ("stylegan_generator", StyleGANConfig(latent_dim=8, w_dim=8, mapping_layers=1, gen_features=4)),
     "realnvp-mnist": ("flow", FlowConfig(steps_per_level=1, hidden=4)),
 }
@@ -98,13 +105,14 @@ def test_manifest_carries_what_serving_and_evaluation_need(family_models, name):
         assert manifest.input_description == servable.input_description != ""
     elif manifest.kind is ModelKind.DIFFUSION and name == "ddpm-cond-mnist":
         assert manifest.signature.input_names == ["x", "t", "coef", "noise", "label", "guidance"]
-        assert (manifest.num_classes, manifest.diffusion.default_guidance) == (10, DDPM_COND_GUIDANCE)
+        assert (manifest.num_classes, manifest.default_guidance) == (10, DDPM_COND_GUIDANCE)
     elif manifest.kind is ModelKind.DIFFUSION:  # latent diffusion: slots of latents, a decoder graph
         assert manifest.signature.inputs[0].shape == (-1, TINY[servable.checkpoint][1].latent_dim)
         assert list(manifest.graphs) == [mf.DECODER_GRAPH]
     elif manifest.kind is ModelKind.AUTOREGRESSIVE:
-        assert manifest.signature.input_names == ["x", "t", "coef", "noise", "label"]
+        assert manifest.signature.input_names == ["x", "t", "coef", "noise", "label", "guidance"]
         assert (manifest.num_classes, manifest.default_temperature) == (10, 1.0)
+        assert manifest.default_guidance == PIXELCNN_GUIDANCE
     elif name == "realnvp-mnist":
         assert manifest.latent_dim == 784 and list(manifest.graphs) == [mf.LIKELIHOOD_GRAPH]
         assert manifest.default_temperature == 1.0

@@ -1,18 +1,21 @@
 """The gated PixelCNN: the logits at a pixel see only the pixels before it in row-major order
 (no blind spot above-right), the served step graph computes the whole net's logits on its
 window of rows and samples by inverse CDF from the slot's own noise, and the reference loop is
-batch-invariant and exports to ONNX with parity and a dynamic batch."""
+batch-invariant and exports to ONNX with parity and a dynamic batch. A guided net samples from
+classifier-free-guided log-probabilities with a scale per slot, and starts from an unguided one."""
 
 import numpy as np
 import pytest
 import torch
 
 from genserve import noise, schedule
+from genserve.nets import load_checkpoint, save_checkpoint
 from genserve.nets.pixelcnn import PixelCNN, PixelCNNConfig, PixelCNNStep, sample
 from genserve.signature import autoregressive_step_signature
-from genserve.training.pixelcnn import bits_per_dim
+from genserve.training.pixelcnn import PixelCNNTrainConfig, bits_per_dim, init_from, train_pixelcnn
 
 SMALL = PixelCNNConfig(channels=8, layers=4, head_channels=16)
+GUIDED = PixelCNNConfig(channels=8, layers=4, head_channels=16, guided=True)
 HW = SMALL.image_size**2
 
 
@@ -154,3 +157,88 @@ def test_the_step_graph_exports_with_parity_and_a_dynamic_batch(tmp_path):
         want = step(*(torch.from_numpy(feeds[n]) for n in signature.input_names)).numpy()
     assert got.shape == (3, 1, 28, 28)
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+# --- classifier-free guidance ---------------------------------------------------------------------
+
+
+def test_a_guided_net_has_a_null_label_row_in_every_class_embedding():
+    net = random_net(GUIDED)
+    assert net.null_label == 10 and PixelCNN(SMALL).null_label is None
+    rows = {m.num_embeddings for m in net.modules() if isinstance(m, torch.nn.Embedding)}
+    assert rows == {11}
+    with pytest.raises(ValueError, match="class-conditional"):
+        PixelCNN(PixelCNNConfig(num_classes=None, guided=True))
+
+
+def test_guidance_one_is_the_conditional_model_zero_the_unconditional_and_each_slot_has_its_own():
+    step = PixelCNNStep(random_net(GUIDED))
+    x, t, label = images(3), torch.tensor([0, 300, 700]), torch.tensor([2, 5, 9])
+    null = torch.full_like(label, 10)
+    with torch.no_grad():
+        log_c = torch.log_softmax(step.logits(x, t, label), dim=1)
+        log_u = torch.log_softmax(step.logits(x, t, null), dim=1)
+        torch.testing.assert_close(step.guided_logits(x, t, label, torch.ones(3)), log_c)
+        torch.testing.assert_close(step.guided_logits(x, t, label, torch.zeros(3)), log_u)
+        w = torch.tensor([0.0, 1.0, 3.0])
+        mixed = step.guided_logits(x, t, label, w)
+        torch.testing.assert_close(mixed, log_u + w[:, None] * (log_c - log_u))
+        for i in range(3):  # a slot's output depends on its own scale only
+            alone = step.guided_logits(x[i : i + 1], t[i : i + 1], label[i : i + 1], w[i : i + 1])
+            torch.testing.assert_close(alone, mixed[i : i + 1])
+    with pytest.raises(ValueError, match="guidance"):
+        step(x, t, torch.ones(3, len(schedule.COEF_COLUMNS)), torch.zeros_like(x), label)
+
+
+def test_guided_sampling_is_batch_invariant_and_the_scale_changes_the_images():
+    config = PixelCNNConfig(image_size=8, channels=8, layers=3, head_channels=16, guided=True)
+    step = PixelCNNStep(random_net(config))
+    both = sample(step, np.array([3, 7]), seed=5, guidance=3.0)
+    assert torch.equal(both[0], sample(step, np.array([3]), seed=5, guidance=3.0)[0])
+    assert not torch.equal(both, sample(step, np.array([3, 7]), seed=5, guidance=1.0))
+
+
+def test_the_guided_step_graph_takes_a_guidance_per_slot_and_exports_with_parity(tmp_path):
+    from genserve.export.onnx_export import check_parity, export_onnx
+
+    step = PixelCNNStep(random_net(GUIDED)).eval()
+    signature = autoregressive_step_signature((1, 28, 28), GUIDED.num_classes, guided=True)
+    assert signature.input_names == ["x", "t", "coef", "noise", "label", "guidance"]
+    path = export_onnx(step, signature, tmp_path / "model.onnx")
+    errors = check_parity(step, path, signature, batches=(1, 5))
+    assert max(errors.values()) <= 1e-4, errors
+
+
+def test_a_guided_net_starts_from_an_unguided_checkpoint_with_the_classes_mean_as_its_null_row(tmp_path):
+    source = random_net(SMALL)
+    save_checkpoint(tmp_path / "unguided", "pixelcnn", source, SMALL)
+    net = PixelCNN(GUIDED)
+    init_from(net, tmp_path / "unguided")
+    theirs = source.state_dict()
+    for name, value in net.state_dict().items():
+        if value.shape == theirs[name].shape:
+            assert torch.equal(value, theirs[name]), name
+        else:  # a class embedding: the classes' rows, then their mean
+            assert torch.equal(value[:-1], theirs[name]), name
+            torch.testing.assert_close(value[-1], theirs[name].mean(dim=0))
+    x, t, label = images(2), torch.tensor([10, 500]), torch.tensor([1, 8])
+    with torch.no_grad():  # the conditional model is the source's
+        torch.testing.assert_close(PixelCNNStep(net).logits(x, t, label), PixelCNNStep(source).logits(x, t, label))
+    with pytest.raises(ValueError, match="does not fit"):
+        init_from(PixelCNN(PixelCNNConfig(channels=16, layers=4, head_channels=16)), tmp_path / "unguided")
+
+
+def test_label_dropout_trains_the_null_label_and_only_it_when_every_label_is_dropped(tmp_path):
+    source = random_net(SMALL)
+    save_checkpoint(tmp_path / "unguided", "pixelcnn", source, SMALL)
+    config = PixelCNNTrainConfig(
+        net=GUIDED, steps=2, batch_size=4, init_from=str(tmp_path / "unguided"), label_dropout=1.0, ema_decay=0
+    )
+    train_pixelcnn(tmp_path / "guided", config)
+    trained, meta = load_checkpoint(tmp_path / "guided")
+    assert meta["config"]["guided"] and meta["step"] == 2
+    before = source.state_dict()
+    for name, value in trained.state_dict().items():
+        if value.shape != before[name].shape:  # a class embedding: no class row was used, the null row was
+            assert torch.equal(value[:-1], before[name]), name
+            assert not torch.allclose(value[-1], before[name].mean(dim=0)), name
