@@ -171,7 +171,11 @@ class Manifest:
             problems.append("a translator model needs 'input_shape'")
         if d.get("kind") == ModelKind.AUTOREGRESSIVE.value and "default_temperature" not in d:
             problems.append("an autoregressive model needs 'default_temperature'")
-        diffusion = dict(d.get("diffusion", {}))
+        diffusion = d.get("diffusion", {})
+        if not isinstance(diffusion, dict):
+            problems.append(f"'diffusion' must be an object, got {diffusion!r}")
+            diffusion = {}
+        diffusion = dict(diffusion)
         # Folders exported before the scale moved to the top level keep it in the diffusion section.
         default_guidance = d.get("default_guidance", diffusion.pop("default_guidance", None))
         takes_guidance = any(isinstance(s, dict) and s.get("name") == "guidance" for s in d.get("inputs", []))

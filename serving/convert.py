@@ -386,6 +386,15 @@ def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
     return msg
 
 
+def _default_guidance_from_proto(msg: pb.ModelInfo) -> float | None:
+    """ModelInfo.default_guidance; from a server that predates it, DiffusionInfo's."""
+    if msg.HasField("default_guidance"):
+        return msg.default_guidance
+    if msg.HasField("diffusion") and msg.diffusion.HasField("default_guidance"):
+        return msg.diffusion.default_guidance
+    return None
+
+
 def model_info_from_proto(msg: pb.ModelInfo) -> ModelInfo:
     diffusion = msg.diffusion if msg.HasField("diffusion") else None
     return ModelInfo(
@@ -397,7 +406,7 @@ def model_info_from_proto(msg: pb.ModelInfo) -> ModelInfo:
         num_timesteps=diffusion.num_timesteps if diffusion else None,
         default_steps=diffusion.default_steps if diffusion else None,
         default_sampler=_SAMPLER_FROM_PB.get(diffusion.default_sampler) if diffusion else None,
-        default_guidance=msg.default_guidance if msg.HasField("default_guidance") else None,
+        default_guidance=_default_guidance_from_proto(msg),
         metrics=json.loads(msg.metrics_json) if msg.metrics_json else dict(msg.metrics),
         description=msg.description,
         dataset=msg.dataset,

@@ -82,6 +82,10 @@ def test_a_guided_graphs_manifest_states_its_default_scale_and_older_folders_sti
     path.write_text(json.dumps(d))
     with pytest.raises(mf.ManifestError, match="'default_guidance' is set exactly when the graph takes a 'guidance'"):
         mf.Manifest.load(folder)
+    d["diffusion"] = "linear"
+    path.write_text(json.dumps(d))
+    with pytest.raises(mf.ManifestError, match="'diffusion' must be an object"):
+        mf.Manifest.load(folder)
 
 
 def test_sample_inputs_follow_the_signature(tiny_models):

@@ -196,6 +196,18 @@ def test_model_info_round_trip(info):
     assert convert.model_infos_from_response(response) == [info]
 
 
+def test_a_guided_models_default_scale_is_read_from_model_info_or_from_an_older_servers_diffusion_info():
+    import dataclasses
+
+    info = dataclasses.replace(DIFFUSION_INFO, num_classes=10, default_guidance=2.0)
+    msg = convert.model_info_to_proto(info)
+    assert (msg.default_guidance, msg.diffusion.default_guidance) == (2.0, 2.0)
+    msg.ClearField("default_guidance")  # what a server from before ModelInfo.default_guidance sends
+    assert convert.model_info_from_proto(msg).default_guidance == 2.0
+    msg.diffusion.ClearField("default_guidance")
+    assert convert.model_info_from_proto(msg).default_guidance is None
+
+
 def test_numeric_metrics_are_also_a_typed_map():
     msg = convert.model_info_to_proto(DIFFUSION_INFO)
     assert dict(msg.metrics) == {"fid": 12.5, "num_classes_present": 10.0}
