@@ -3,9 +3,9 @@ penalty on real images (every ``r1_every`` steps, scaled up by that interval, wi
 hyperparameters adjusted for the interval as in the paper), Adam(beta1 = 0, beta2 = 0.99),
 style-mixing regularisation (each image's layers from a random one on take a second latent's
 w), ``w_avg`` tracked from the generator step's mapped w, and DiffAugment (``augment``: the
-discriminator sees reals and fakes alike through random translation, and cutout if asked). The served
-generator is an EMA of the trained one; ``EMA.update`` copies the buffers, ``w_avg`` and the
-constant noise, with it.
+discriminator sees reals and fakes alike through random translation, and cutout if asked). The
+served generator is an EMA of the trained one; ``EMA.update`` copies the buffers, ``w_avg`` and
+the constant noise, with it.
 
 ``save_grids`` and ``quality`` draw the documentation grids and the figures the docs quote from
 a trained generator, reproducibly: latents from ``server_latents``, noise from the checkpoint."""

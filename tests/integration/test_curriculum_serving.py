@@ -23,6 +23,7 @@ from genserve.serving.domain import GenerateRequest, LikelihoodRequest
 from genserve.serving.runner import ModelRunner
 from genserve.signature import ModelKind
 from tests.fixtures import FLOW, LDM, PIXELCNN, STYLEGAN
+from tests.integration.test_kserve import kserve_input
 from tests.integration.test_step_batching import assert_batch_invariant
 
 
@@ -174,18 +175,15 @@ def test_log_likelihood_over_both_apis_equals_the_likelihood_graph(client, curri
     bits = client.log_likelihood(FLOW, images)
     np.testing.assert_allclose(bits, want, rtol=1e-6)
     kserve = triton.InferenceServerClient(curriculum_server.target)
-    source = triton.InferInput("SOURCE", list(images.shape), "UINT8")
-    source.set_data_from_numpy(images)
+    source = kserve_input("SOURCE", "UINT8", list(images.shape), images)
     result = kserve.infer(FLOW, [source])
     np.testing.assert_allclose(result.as_numpy("BITS_PER_DIM")[:, 0], want, rtol=1e-6)
 
 
 def test_a_kserve_call_takes_seed_or_source_not_both(curriculum_server):
     kserve = triton.InferenceServerClient(curriculum_server.target)
-    seed = triton.InferInput("SEED", [1, 1], "INT64")
-    seed.set_data_from_numpy(np.array([[1]], np.int64))
-    source = triton.InferInput("SOURCE", [1, 28, 28, 1], "UINT8")
-    source.set_data_from_numpy(np.zeros((1, 28, 28, 1), np.uint8))
+    seed = kserve_input("SEED", "INT64", [1, 1], np.array([[1]], np.int64))
+    source = kserve_input("SOURCE", "UINT8", [1, 28, 28, 1], np.zeros((1, 28, 28, 1), np.uint8))
     with pytest.raises(InferenceServerException, match="either SEED"):
         kserve.infer(FLOW, [seed, source])
     assert kserve.infer(FLOW, [seed]).as_numpy("IMAGE").shape == (1, 28, 28, 1)
@@ -231,16 +229,12 @@ def test_style_truncation_and_mixing_over_both_apis(client, curriculum_server):
     partly = client.generate(STYLEGAN, 2, seed=1, mix_seed=9, mix_layer=2)
     assert (partly != mixed).any() and (partly != client.generate(STYLEGAN, 2, seed=1)).any()
     kserve = triton.InferenceServerClient(curriculum_server.target)
-    inputs = []
-    for name, datatype, value in (
-        ("SEED", "INT64", np.array([[1]], np.int64)),
-        ("TRUNCATION", "FP32", np.array([[0.5]], np.float32)),
-        ("MIX_SEED", "INT64", np.array([[9]], np.int64)),
-        ("MIX_LAYER", "INT32", np.array([[2]], np.int32)),
-    ):
-        tensor = triton.InferInput(name, [1, 1], datatype)
-        tensor.set_data_from_numpy(value)
-        inputs.append(tensor)
+    inputs = [
+        kserve_input("SEED", "INT64", [1, 1], np.array([[1]], np.int64)),
+        kserve_input("TRUNCATION", "FP32", [1, 1], np.array([[0.5]], np.float32)),
+        kserve_input("MIX_SEED", "INT64", [1, 1], np.array([[9]], np.int64)),
+        kserve_input("MIX_LAYER", "INT32", [1, 1], np.array([[2]], np.int32)),
+    ]
     image = kserve.infer(STYLEGAN, inputs).as_numpy("IMAGE")
     want = client.generate(STYLEGAN, 1, seed=1, truncation=0.5, mix_seed=9, mix_layer=2)
     np.testing.assert_array_equal(image, want)
@@ -248,15 +242,11 @@ def test_style_truncation_and_mixing_over_both_apis(client, curriculum_server):
 
 def test_a_pixelcnns_guidance_over_kserve_equals_the_native_api(client, curriculum_server):
     kserve = triton.InferenceServerClient(curriculum_server.target)
-    inputs = []
-    for name, datatype, value in (
-        ("SEED", "INT64", np.array([[3]], np.int64)),
-        ("LABEL", "INT32", np.array([[6]], np.int32)),
-        ("GUIDANCE", "FP32", np.array([[4.0]], np.float32)),
-    ):
-        tensor = triton.InferInput(name, [1, 1], datatype)
-        tensor.set_data_from_numpy(value)
-        inputs.append(tensor)
+    inputs = [
+        kserve_input("SEED", "INT64", [1, 1], np.array([[3]], np.int64)),
+        kserve_input("LABEL", "INT32", [1, 1], np.array([[6]], np.int32)),
+        kserve_input("GUIDANCE", "FP32", [1, 1], np.array([[4.0]], np.float32)),
+    ]
     image = kserve.infer(PIXELCNN, inputs).as_numpy("IMAGE")
     np.testing.assert_array_equal(image, client.generate(PIXELCNN, 1, seed=3, label=6, guidance=4.0))
     assert (image != client.generate(PIXELCNN, 1, seed=3, label=6)).any()

@@ -300,7 +300,7 @@ def test_unknown_version_is_not_found_naming_the_served_one(kserve, infos):
     assert "no version 'no-such-version'" in err.message() and repr(infos[GAN].version) in err.message()
 
 
-def _input(name: str, datatype: str, shape: list[int], data: np.ndarray) -> triton.InferInput:
+def kserve_input(name: str, datatype: str, shape: list[int], data: np.ndarray) -> triton.InferInput:
     tensor = triton.InferInput(name, shape, datatype)
     tensor.set_data_from_numpy(data)
     return tensor
@@ -321,7 +321,7 @@ BAD_REQUESTS = [
     ),
     pytest.param(
         GAN,
-        lambda: [_input("NOISE", "INT64", [1, 1], np.ones((1, 1), np.int64))],
+        lambda: [kserve_input("NOISE", "INT64", [1, 1], np.ones((1, 1), np.int64))],
         "model dcgan-tiny has no input named 'NOISE'; its inputs: SEED (INT64 [-1, 1])",
         id="unknown-input",
     ),
@@ -414,11 +414,11 @@ def test_the_timeout_parameter_bounds_the_call_on_the_server(kserve):
 
 
 def label_input(labels: list[int]) -> triton.InferInput:
-    return _input("LABEL", "INT32", [len(labels), 1], np.asarray(labels, np.int32).reshape(-1, 1))
+    return kserve_input("LABEL", "INT32", [len(labels), 1], np.asarray(labels, np.int32).reshape(-1, 1))
 
 
 def source_input(images: np.ndarray) -> triton.InferInput:
-    return _input("SOURCE", "UINT8", list(images.shape), images)
+    return kserve_input("SOURCE", "UINT8", list(images.shape), images)
 
 
 def test_a_conditional_sampler_takes_an_optional_label_per_row(kserve, client, infos):
