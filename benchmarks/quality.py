@@ -1,6 +1,6 @@
 """End-to-end quality of the bundled models, exactly as a user gets them: start the server,
 ``genserve generate -n 100`` through the real CLI and gRPC, then judge the images with the
-evaluation classifier. Writes benchmarks/results/quality.json and docs/samples/<model>.png."""
+evaluation classifier. Writes a new run folder's quality.json (or --json) and docs/samples/<model>.png."""
 
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ ddpm-mnist with DDPM on the full 1000-step schedule and DDIM (eta = 0) on 100, 5
 Each setting generates the same images (same seed, same x_T) in-process through the serving core
 (``ModelRunner``, ONNX Runtime) and judges them with the evaluation classifier: FID in its feature
 space, the real-vs-real floor at the same sample count (only FID/floor is comparable across sample
-counts), the fraction of confidently classified digits and the classes present. Writes
-benchmarks/results/quality_steps.json and a PNG next to it, and prints a markdown table.
+counts), the fraction of confidently classified digits and the classes present. Writes a new
+run folder's quality_steps.json (or --json) and a PNG next to it, and prints a markdown table.
 
     python -m benchmarks.quality_steps [-n 200] [--seed 2026] [--steps 10 20 | --settings ddpm-1000 ddim-50]
 """

@@ -3,9 +3,9 @@ classifier judges as digits.
 
 The FID bounds are the foundation issue's (DDPM within 3x, DCGAN within 6x of the real-vs-real
 floor) and hold. Its confidence bar (>= 90% of samples classified with p >= 0.9) holds for the
-1000-step DDPM at seed 2026 (0.94) and for the DCGAN at every seed tried (0.93-1.00 at
-n = 100, seeds 1-20); 50-step DDIM reaches 0.83-0.87 (see docs/models.md and
-benchmarks/results/quality.json). ``min_confident`` and MIN_CONFIDENT are regression guards a few
+1000-step DDPM at seed 2026 (0.95) and for the DCGAN at every seed tried (0.93-1.00 at
+n = 100, seeds 1-20); 50-step DDIM reaches 0.87 (see docs/models.md and the
+quality runs under benchmarks/results/runs/). ``min_confident`` and MIN_CONFIDENT are regression guards a few
 points under what the models reach, not the target; raise them when the models improve."""
 
 from pathlib import Path
