@@ -4,6 +4,13 @@ With ``unet.num_classes`` set the UNet is class-conditional and trained for clas
 guidance (Ho & Salimans 2022): each image's label is replaced by the null label with
 probability ``label_dropout``, so one network learns both ε(x, t, y) and ε(x, t). ``init_from``
 starts from another UNet checkpoint (an unconditional one: the class embedding starts at zero).
+
+With ``guide_from`` set as well, training distils autoguidance into the network (guidance
+distillation, Meng et al. 2023, of the guidance of Karras et al. 2024): the target is no longer
+the noise drawn but the guided prediction of two frozen nets on the same x_t,
+ε_guide + w (ε_teacher − ε_guide), where the teacher is the ``init_from`` model and the guide a
+smaller, shorter-trained UNet of the same data. The student starts as the teacher and ends as one
+network that samples like the guided pair, at the cost of one.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from tqdm import tqdm
 
 from genserve import images, schedule
 from genserve.nets import load_checkpoint, save_checkpoint
-from genserve.nets.step import sample, step_module
+from genserve.nets.step import AutoGuidedDiffusionStep, sample, step_module
 from genserve.nets.unet import UNet, UNetConfig
 from genserve.training.data import batches, mnist_splits, to_model_range
 from genserve.training.loop import EMA, load_state, save_state, seed_everything, warmup_cosine
@@ -47,6 +54,8 @@ class DDPMTrainConfig:
     init_from: str = ""  # a UNet checkpoint folder to start from; its missing weights stay at init
     grid_steps: int = 50  # DDIM steps of the periodic sample grids
     grid_guidance: float = 3.0  # class-conditional only: guidance scale of the periodic sample grids
+    guide_from: str = ""  # unconditional only: a weaker UNet checkpoint; distil autoguidance (needs init_from)
+    guide_scale: float = 2.0  # w of the distilled target ε_guide + w (ε_teacher − ε_guide)
 
 
 def learning_rate(config: DDPMTrainConfig, step: int) -> float:
@@ -66,6 +75,9 @@ def train_ddpm(out: Path, config: DDPMTrainConfig) -> Path:
         _init_from(model, Path(config.init_from))
     model = model.to(memory_format=torch.channels_last)
     conditional = model.null_label is not None
+    target_fn = _guided_target(config) if config.guide_from else None
+    if target_fn is not None and conditional:
+        raise ValueError("guide_from distils autoguidance into an unconditional UNet; this one is class-conditional")
     ema = EMA(model, config.ema_decay)
     opt = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=0.0)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,7 +99,7 @@ def train_ddpm(out: Path, config: DDPMTrainConfig) -> Path:
             drop = torch.rand(len(y), generator=generator) < config.label_dropout
             loss = F.mse_loss(model(x_t, t, torch.where(drop, model.null_label, y)), eps)
         else:
-            loss = F.mse_loss(model(x_t, t), eps)
+            loss = F.mse_loss(model(x_t, t), eps if target_fn is None else target_fn(x_t, t))
         for group in opt.param_groups:
             group["lr"] = learning_rate(config, step) * group.get("lr_scale", 1.0)  # none in older states
         opt.zero_grad(set_to_none=True)
@@ -128,6 +140,20 @@ def _init_from(model: UNet, folder: Path) -> None:
     if unexpected or any(not k.startswith("class_embed.") for k in missing):
         raise ValueError(f"{folder} does not fit this UNet: missing {missing}, unexpected {unexpected}")
     log.info("initialised from %s (left at init: %s)", folder, missing or "nothing")
+
+
+def _guided_target(config: DDPMTrainConfig):
+    """(x_t, t) -> ε_guide + w (ε_teacher − ε_guide) (``AutoGuidedDiffusionStep.eps``): the teacher
+    is the ``init_from`` UNet and the guide the ``guide_from`` one, both frozen in eval mode."""
+    if not config.init_from:
+        raise ValueError("guide_from needs init_from: the teacher the student starts as")
+    teacher, _ = load_checkpoint(Path(config.init_from))
+    guide, _ = load_checkpoint(Path(config.guide_from))
+    teacher, guide = (net.eval().requires_grad_(False) for net in (teacher, guide))
+    log.info(
+        "distilling autoguidance: teacher %s, guide %s, w = %g", config.init_from, config.guide_from, config.guide_scale
+    )
+    return torch.no_grad()(AutoGuidedDiffusionStep(teacher, guide, config.guide_scale).eps)
 
 
 def _checkpoint(out: Path, config: DDPMTrainConfig, ema_model: torch.nn.Module, step: int, seconds: float) -> None:

@@ -5,6 +5,8 @@ definition of the update. Per-slot coefficients (columns ``schedule.COEF_COLUMNS
 an input, so one graph serves DDPM, strided DDPM and DDIM at any step count, with every slot of
 a batch at its own timestep. A class-conditional UNet is served as ``GuidedDiffusionStep``:
 the same update on the classifier-free-guided ε, with a label and a guidance scale per slot.
+``AutoGuidedDiffusionStep`` (two unconditional UNets, one fixed scale) is not served: it is the
+teacher that ``ddpm-mnist``'s weights were distilled from, and the reference that measures them.
 """
 
 from __future__ import annotations
@@ -55,6 +57,25 @@ class GuidedDiffusionStep(nn.Module):
         eps_c, eps_u = eps[:b], eps[b:]
         w = guidance[:, None, None, None]
         return update(eps_u + w * (eps_c - eps_u), x, coef, noise)
+
+
+class AutoGuidedDiffusionStep(nn.Module):
+    """Autoguidance (Karras et al. 2024): an unconditional UNet guided by a smaller, shorter-trained
+    one of the same data, ε = ε_guide + w (ε_unet − ε_guide), then the usual update. w = 1 is the
+    UNet alone; w > 1 moves away from what the weak model gets wrong, which raises quality without
+    the loss of variety that class guidance costs. Two networks per step, one scale for all slots."""
+
+    def __init__(self, unet: nn.Module, guide: nn.Module, guidance: float):
+        super().__init__()
+        self.unet, self.guide, self.guidance = unet, guide, guidance
+
+    def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The guided prediction (B, C, H, W): also the target ``ddpm-mnist`` was distilled on."""
+        eps_guide = self.guide(x, t)
+        return eps_guide + self.guidance * (self.unet(x, t) - eps_guide)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, coef: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return update(self.eps(x, t), x, coef, noise)
 
 
 def step_module(unet: nn.Module) -> nn.Module:

@@ -3,10 +3,11 @@ classifier judges as digits.
 
 The FID bounds are the foundation issue's (DDPM within 3x, DCGAN within 6x of the real-vs-real
 floor) and hold. Its confidence bar (>= 90% of samples classified with p >= 0.9) holds for the
-1000-step DDPM at seed 2026 (0.95) and for the DCGAN at every seed tried (0.93-1.00 at
-n = 100, seeds 1-20); 50-step DDIM reaches 0.87 (see docs/models.md and the
-quality runs under benchmarks/results/runs/). ``min_confident`` and MIN_CONFIDENT are regression guards a few
-points under what the models reach, not the target; raise them when the models improve."""
+1000-step DDPM at seed 2026 (0.98), for 50-step DDIM (0.93-0.95 at seeds 2026 and 1-4, 0.92 at
+this test's seed 1234; see docs/models.md and the quality runs under benchmarks/results/runs/)
+and for the DCGAN at every seed tried (0.93-1.00 at n = 100, seeds 1-20). ``min_confident`` and
+MIN_CONFIDENT are regression guards a few points under what the models reach, not the target;
+raise them when the models improve."""
 
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from genserve.training.evaluate import Evaluator
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 BUNDLED = {"ddpm-mnist": ModelKind.DIFFUSION, "dcgan-mnist": ModelKind.SAMPLER}
-MIN_CONFIDENT = 0.85  # full 1000-step DDPM: a guard under its 0.94 at seed 2026 (the issue asks 0.90)
+MIN_CONFIDENT = 0.88  # full 1000-step DDPM: a guard under its 0.98 at seed 2026 (the issue asks 0.90)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_bundled_model_folder_is_valid_and_was_evaluated(name):
     ("name", "request_kwargs", "max_fid_ratio", "min_confident"),
     [
         ("dcgan-mnist", {}, 6.0, 0.90),  # the issue's bar: the DCGAN clears it at every seed tried
-        ("ddpm-mnist", {"steps": 50}, 3.0, 0.75),  # DDIM, eta = 0: the full 1000-step check is marked slow below
+        ("ddpm-mnist", {"steps": 50}, 3.0, 0.88),  # DDIM, eta = 0: the full 1000-step check is marked slow below
     ],
 )
 def test_bundled_model_samples_are_recognisable_digits(evaluator, name, request_kwargs, max_fid_ratio, min_confident):
