@@ -62,8 +62,8 @@ class GuidedDiffusionStep(nn.Module):
 class AutoGuidedDiffusionStep(nn.Module):
     """Autoguidance (Karras et al. 2024): an unconditional UNet guided by a smaller, shorter-trained
     one of the same data, ε = ε_guide + w (ε_unet − ε_guide), then the usual update. w = 1 is the
-    UNet alone; w > 1 moves away from what the weak model gets wrong, which raises quality without
-    the loss of variety that class guidance costs. Two networks per step, one scale for all slots."""
+    UNet alone; w > 1 moves samples away from what the weak model gets wrong. Two networks per
+    step, one scale for all slots."""
 
     def __init__(self, unet: nn.Module, guide: nn.Module, guidance: float):
         super().__init__()
