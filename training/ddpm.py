@@ -15,6 +15,7 @@ network that samples like the guided pair, at the cost of one.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -75,9 +76,7 @@ def train_ddpm(out: Path, config: DDPMTrainConfig) -> Path:
         _init_from(model, Path(config.init_from))
     model = model.to(memory_format=torch.channels_last)
     conditional = model.null_label is not None
-    target_fn = _guided_target(config) if config.guide_from else None
-    if target_fn is not None and conditional:
-        raise ValueError("guide_from distils autoguidance into an unconditional UNet; this one is class-conditional")
+    target_fn = _guided_target(config, model) if config.guide_from else None  # before a resume replaces the weights
     ema = EMA(model, config.ema_decay)
     opt = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=0.0)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,14 +141,16 @@ def _init_from(model: UNet, folder: Path) -> None:
     log.info("initialised from %s (left at init: %s)", folder, missing or "nothing")
 
 
-def _guided_target(config: DDPMTrainConfig):
+def _guided_target(config: DDPMTrainConfig, start: UNet):
     """(x_t, t) -> ε_guide + w (ε_teacher − ε_guide) (``AutoGuidedDiffusionStep.eps``): the teacher
-    is the ``init_from`` UNet and the guide the ``guide_from`` one, both frozen in eval mode."""
+    is a frozen copy of ``start``, the student as ``init_from`` initialised it, and the guide the
+    ``guide_from`` UNet, both in eval mode."""
     if not config.init_from:
         raise ValueError("guide_from needs init_from: the teacher the student starts as")
-    teacher, _ = load_checkpoint(Path(config.init_from))
+    if start.null_label is not None:
+        raise ValueError("guide_from distils autoguidance into an unconditional UNet; this one is class-conditional")
     guide, _ = load_checkpoint(Path(config.guide_from))
-    teacher, guide = (net.eval().requires_grad_(False) for net in (teacher, guide))
+    teacher, guide = (net.eval().requires_grad_(False) for net in (copy.deepcopy(start), guide))
     log.info(
         "distilling autoguidance: teacher %s, guide %s, w = %g", config.init_from, config.guide_from, config.guide_scale
     )

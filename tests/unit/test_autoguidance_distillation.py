@@ -36,7 +36,7 @@ def pair(tmp_path: Path) -> tuple[Path, Path, UNet, UNet]:
 def test_the_target_is_the_guide_plus_w_times_the_teachers_difference(pair, w):
     teacher_dir, guide_dir, teacher, guide = pair
     target = _guided_target(
-        DDPMTrainConfig(unet=TINY, init_from=str(teacher_dir), guide_from=str(guide_dir), guide_scale=w)
+        DDPMTrainConfig(unet=TINY, init_from=str(teacher_dir), guide_from=str(guide_dir), guide_scale=w), teacher
     )
     torch.manual_seed(2)
     x, t = torch.randn(3, 1, 28, 28), torch.tensor([0, 500, 999])
@@ -60,9 +60,9 @@ def test_a_distillation_run_trains_a_copy_of_the_teacher_and_records_its_guide(p
 
 
 def test_it_needs_a_teacher_and_an_unconditional_unet(pair, tmp_path: Path):
-    teacher_dir, guide_dir, _, _ = pair
+    teacher_dir, guide_dir, teacher, _ = pair
     with pytest.raises(ValueError, match="needs init_from"):
-        _guided_target(DDPMTrainConfig(unet=TINY, guide_from=str(guide_dir)))
+        _guided_target(DDPMTrainConfig(unet=TINY, guide_from=str(guide_dir)), teacher)
     conditional = UNetConfig(base_channels=8, channel_mults=(1, 2), groups=4, attention=False, num_classes=10)
     config = DDPMTrainConfig(unet=conditional, steps=1, init_from=str(teacher_dir), guide_from=str(guide_dir))
     with pytest.raises(ValueError, match="unconditional"):
