@@ -20,6 +20,7 @@ from genserve.images import save_grid
 from genserve.nets import save_checkpoint
 from genserve.nets.flow import Flow, FlowConfig, FlowSampler
 from genserve.training import EVAL_SEED
+from genserve.training.augment import translation
 from genserve.training.data import batches, mnist_splits, to_uint8
 from genserve.training.loop import EMA, run_steps, save_sample_grid, seed_everything, server_latents
 
@@ -28,7 +29,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FlowTrainConfig:
-    net: FlowConfig = field(default_factory=FlowConfig)
+    # The bundled recipe (realnvp-mnist): 8 steps at 14x14 and 24 at 7x7, a per-position top prior,
+    # digits shifted by up to a pixel; 5,000 steps, ~65 minutes on one CPU thread.
+    net: FlowConfig = field(default_factory=lambda: FlowConfig(steps_per_level=(8, 24), top_prior="position"))
     steps: int = 5000
     batch_size: int = 64
     lr: float = 1e-3
@@ -38,6 +41,9 @@ class FlowTrainConfig:
     ema_decay: float = 0.999
     init_batch: int = 512  # actnorm's data-dependent initialisation
     eval_draws: int = 2  # dequantization draws of the held-out estimate at each checkpoint
+    # Augmentation: each training digit moved by up to this many pixels per axis. Without it the
+    # same flow ends at 1.56 held-out bits/dim (rising from 1.556 at step 4,000) instead of 1.50.
+    shift_pixels: int = 1
     sample_temperature: float = 0.7  # of the grid saved with each checkpoint
     seed: int = 0
     checkpoint_every: int = 500
@@ -123,6 +129,8 @@ def train_flow(out: Path, config: FlowTrainConfig) -> Path:
         for group in opt.param_groups:
             group["lr"] = learning_rate(config, step)
         v = data[next(batch_iter)]
+        if config.shift_pixels:
+            v = translation(v, generator, ratio=config.shift_pixels / v.shape[-1], fill=0.0)
         loss = net.train().bits_per_dim(v, torch.rand(v.shape, generator=generator)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -8,7 +8,8 @@ no batch statistics at inference), an LU-parametrised invertible 1x1 convolution
 coupling on a channel split. Between levels half the channels are factored out through a learnt
 conditional Gaussian (Glow's split prior, written as one more affine coupling, so that the flow's
 output ``z`` is standard normal throughout); the last level ends with a learnt top prior (an
-actnorm). 28 -> 14 -> 7: two levels, 784 latent dimensions.
+actnorm, per channel or per position). 28 -> 14 -> 7: two levels, 784 latent dimensions; the
+levels may run different numbers of steps.
 
 Two servable views: ``FlowSampler`` (z -> image, the inverse) and ``FlowLikelihood`` (image ->
 bits per dimension of the discrete image, the forward pass at the bin centres)."""
@@ -31,9 +32,14 @@ class FlowConfig:
     image_channels: int = 1
     image_size: int = 28  # divisible by 2 ** levels
     levels: int = 2  # squeezes: 28 -> 14 -> 7
-    steps_per_level: int = 8  # actnorm, 1x1 conv, coupling
+    steps_per_level: int | tuple[int, ...] = 8  # actnorm, 1x1 conv, coupling; one count, or one per level
     hidden: int = 128  # channels of the coupling networks (64: 1.67 held-out bits/dim, 0.37 confident)
     logit_alpha: float = 0.05  # RealNVP's boundary: the logit sees (alpha, 1 - alpha), never 0 or 1
+    top_prior: str = "channel"  # the top prior's mean and scale: per "channel" (Glow) or per "position"
+
+    def steps_at(self, level: int) -> int:
+        steps = self.steps_per_level
+        return steps if isinstance(steps, int) else steps[level]
 
 
 # --- The preprocessing: levels <-> the flow's input, with its log-determinant.
@@ -76,18 +82,22 @@ def unsqueeze(x: torch.Tensor) -> torch.Tensor:
 
 class ActNorm(nn.Module):
     """Per-channel affine y = (x + loc) exp(log_scale), initialised from the first training batch
-    so that each channel starts at zero mean and unit variance (Glow); no batch statistics after."""
+    so that each channel starts at zero mean and unit variance (Glow); no batch statistics after.
+    Given ``size``, the affine is per position (C, size, size) instead, initialised per position."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, size: int | None = None):
         super().__init__()
-        self.loc = nn.Parameter(torch.zeros(1, channels, 1, 1))
-        self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.per_position = size is not None
+        shape = (1, channels, size, size) if self.per_position else (1, channels, 1, 1)
+        self.loc = nn.Parameter(torch.zeros(shape))
+        self.log_scale = nn.Parameter(torch.zeros(shape))
         self.register_buffer("initialized", torch.tensor(False))
 
     @torch.no_grad()
     def _initialize(self, x: torch.Tensor) -> None:
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        std = x.std(dim=(0, 2, 3), keepdim=True)
+        dims = (0,) if self.per_position else (0, 2, 3)
+        mean = x.mean(dim=dims, keepdim=True)
+        std = x.std(dim=dims, keepdim=True)
         self.loc.copy_(-mean)
         self.log_scale.copy_(-torch.log(std + 1e-6))
         self.initialized.fill_(True)
@@ -95,8 +105,8 @@ class ActNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.training and not bool(self.initialized):
             self._initialize(x)
-        h, w = x.shape[2:]
-        return (x + self.loc) * self.log_scale.exp(), self.log_scale.sum() * (h * w)
+        positions = x[0].numel() // self.log_scale.numel()  # those sharing each scale: H W, or 1
+        return (x + self.loc) * self.log_scale.exp(), self.log_scale.sum() * positions
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         return y * torch.exp(-self.log_scale) - self.loc
@@ -210,6 +220,8 @@ class Flow(nn.Module):
         super().__init__()
         if config.image_size % 2**config.levels:
             raise ValueError(f"image_size {config.image_size} is not divisible by 2 ** levels = {2**config.levels}")
+        if not isinstance(config.steps_per_level, int) and len(config.steps_per_level) != config.levels:
+            raise ValueError(f"steps_per_level {config.steps_per_level} needs one count per level ({config.levels})")
         self.config = config
         c, size = config.image_channels, config.image_size
         self.dims = c * size * size
@@ -218,13 +230,15 @@ class Flow(nn.Module):
         self.z_shapes: list[tuple[int, int, int]] = []  # what each level factors out, in z's order
         for level in range(config.levels):
             c, size = 4 * c, size // 2
-            self.levels.append(nn.ModuleList([FlowStep(c, config.hidden) for _ in range(config.steps_per_level)]))
+            self.levels.append(nn.ModuleList([FlowStep(c, config.hidden) for _ in range(config.steps_at(level))]))
             if level < config.levels - 1:
                 kept = c // 2
                 self.splits.append(AffineCoupling(c, kept, config.hidden))
                 self.z_shapes.append((c - kept, size, size))
                 c = kept
-        self.top = ActNorm(c)  # the top prior's learnt mean and scale
+        if config.top_prior not in ("channel", "position"):
+            raise ValueError(f"top_prior must be 'channel' or 'position', not {config.top_prior!r}")
+        self.top = ActNorm(c, size if config.top_prior == "position" else None)  # the top prior's mean and scale
         self.z_shapes.append((c, size, size))
 
     def forward(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -94,3 +94,34 @@ def test_sample_inputs_follow_the_signature(tiny_models):
     for spec in sig.inputs:
         assert feeds[spec.name].shape == spec.concrete(3)
         assert feeds[spec.name].dtype == np.dtype(spec.dtype)
+
+
+def test_half_storage_halves_float16_values_and_keeps_derived_constants_exact(tmp_path):
+    """A rounded weight is stored as float16 behind a Cast; a constant the exporter derived from
+    one (here exp of a float16 value, as a folded log-scale is) is not a float16 value and stays
+    float32, so the stored graph computes exactly what the float32 one did."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from genserve.export.onnx_export import store_initializers_in_half
+
+    rng = np.random.default_rng(0)
+    rounded = rng.standard_normal(512).astype(np.float16).astype(np.float32)
+    derived = np.exp(rounded)  # float32, not float16-exact
+    assert not np.array_equal(derived.astype(np.float16).astype(np.float32), derived)
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "w"], ["xw"]), helper.make_node("Mul", ["xw", "e"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [512])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [512])],
+        [numpy_helper.from_array(rounded, "w"), numpy_helper.from_array(derived, "e")],
+    )
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = rng.standard_normal(512).astype(np.float32)
+    before = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    store_initializers_in_half(path)
+    types = {init.name: init.data_type for init in onnx.load(str(path)).graph.initializer}
+    assert types == {"w__fp16": TensorProto.FLOAT16, "e": TensorProto.FLOAT}
+    after = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(after, before)

@@ -10,6 +10,7 @@ from torch.autograd.functional import jacobian
 
 from genserve.export.onnx_export import PARITY_ATOL, check_parity, export_onnx
 from genserve.images import to_uint8
+from genserve.nets import load_checkpoint, save_checkpoint
 from genserve.nets.flow import (
     Flow,
     FlowConfig,
@@ -20,7 +21,7 @@ from genserve.nets.flow import (
     unsqueeze,
 )
 from genserve.nets.graphs import graph_of, servable_module
-from genserve.training.flow import FlowTrainConfig, held_out_bits_per_dim, learning_rate
+from genserve.training.flow import FlowTrainConfig, held_out_bits_per_dim, learning_rate, train_flow
 
 ROUND_TRIP_ATOL = 1e-4
 
@@ -46,6 +47,15 @@ def mnist_flow() -> Flow:
 @pytest.fixture(scope="module")
 def tiny_flow() -> Flow:
     return random_flow(FlowConfig(image_size=8, hidden=8, steps_per_level=2))
+
+
+@pytest.fixture(scope="module")
+def tiny_flow_per_position() -> Flow:
+    """Unequal levels (1 step, then 3) and a top prior with a mean and scale per latent position."""
+    return random_flow(FlowConfig(image_size=8, hidden=8, steps_per_level=(1, 3), top_prior="position"))
+
+
+TINY_FLOWS = ["tiny_flow", "tiny_flow_per_position"]
 
 
 def test_squeeze_and_unsqueeze_are_inverse_permutations():
@@ -80,14 +90,55 @@ def test_the_served_sampler_inverts_an_image_back_to_its_levels(mnist_flow):
     np.testing.assert_array_equal(to_uint8(image.numpy())[..., 0], levels[:, 0].numpy().astype(np.uint8))
 
 
-def test_the_logdet_is_the_log_determinant_of_the_jacobian(tiny_flow):
-    net = tiny_flow.double()
+@pytest.mark.parametrize("flow", TINY_FLOWS)
+def test_the_logdet_is_the_log_determinant_of_the_jacobian(flow, request):
+    net = request.getfixturevalue(flow).double()
     try:
         s = torch.randn(1, 1, 8, 8, dtype=torch.float64)
         jac = jacobian(lambda t: net(t.view(1, 1, 8, 8))[0].flatten(), s.flatten())  # (64, 64)
         assert net(s)[1].item() == pytest.approx(torch.linalg.slogdet(jac)[1].item(), abs=1e-8)
     finally:
-        tiny_flow.float()
+        net.float()
+
+
+@torch.no_grad()
+def test_unequal_levels_and_a_per_position_prior_round_trip(tiny_flow_per_position):
+    net = tiny_flow_per_position
+    assert [len(steps) for steps in net.levels] == [1, 3]
+    assert net.top.loc.shape == (1, 8, 2, 2)  # 8x8 -> 4x4 (2 of 4 channels kept) -> 2x2, 8 channels
+    z = torch.randn(6, 64)
+    assert (net(net.inverse(z))[0] - z).abs().max().item() <= ROUND_TRIP_ATOL
+
+
+@torch.no_grad()
+def test_a_per_position_top_prior_starts_each_position_standardised():
+    net = Flow(FlowConfig(image_size=8, hidden=4, steps_per_level=1, top_prior="position")).train()
+    s = torch.randn(256, 1, 8, 8) * torch.linspace(0.5, 3.0, 64).view(1, 1, 8, 8) + 2.0
+    net(s)  # data-dependent init
+    z, _ = net.eval()(s)
+    top = z[:, -net.top.loc.numel() :]  # the top prior's part of z, one column per position
+    torch.testing.assert_close(top.mean(0), torch.zeros(top.shape[1]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(top.std(0), torch.ones(top.shape[1]), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (FlowConfig(steps_per_level=(8, 8, 8)), "one count per level"),
+        (FlowConfig(top_prior="pixel"), "top_prior"),
+    ],
+)
+def test_an_inconsistent_flow_config_is_refused(config, message):
+    with pytest.raises(ValueError, match=message):
+        Flow(config)
+
+
+def test_per_level_steps_survive_a_checkpoint(tiny_flow_per_position, tmp_path):
+    save_checkpoint(tmp_path, "flow", tiny_flow_per_position, tiny_flow_per_position.config)
+    loaded, _ = load_checkpoint(tmp_path)
+    assert loaded.config.steps_per_level == (1, 3) and loaded.config.top_prior == "position"
+    z = torch.randn(3, 64)
+    torch.testing.assert_close(loaded.inverse(z), tiny_flow_per_position.inverse(z))
 
 
 def test_the_preprocessing_logdet_is_the_derivative_of_the_logit():
@@ -133,10 +184,29 @@ def test_learning_rate_warms_up_then_decays_to_its_floor():
     assert learning_rate(config, 999) == pytest.approx(1e-4, rel=1e-3)
 
 
+@pytest.mark.parametrize("flow", TINY_FLOWS)
 @pytest.mark.parametrize("view", ["default", "likelihood"])
-def test_both_served_graphs_export_to_onnx_with_parity(tiny_flow, view, tmp_path):
+def test_both_served_graphs_export_to_onnx_with_parity(flow, view, tmp_path, request):
     cfg = {"image_channels": 1, "image_size": 8}
-    module, _ = servable_module(tiny_flow, "flow", view)
+    module, _ = servable_module(request.getfixturevalue(flow), "flow", view)
     signature = graph_of("flow", view).signature(cfg)
     errors = check_parity(module, export_onnx(module, signature, tmp_path / f"{view}.onnx"), signature)
     assert max(errors.values()) <= PARITY_ATOL
+
+
+def test_a_short_run_with_shifted_digits_writes_a_servable_checkpoint(tmp_path):
+    """Two steps of the real loop on the MNIST split, with the translation augmentation, unequal
+    levels and a per-position prior: the checkpoint records its held-out bits/dim and reloads."""
+    config = FlowTrainConfig(
+        net=FlowConfig(steps_per_level=(1, 2), hidden=4, top_prior="position"),
+        steps=2,
+        shift_pixels=2,
+        init_batch=32,
+        eval_draws=1,
+        checkpoint_every=2,
+    )
+    train_flow(tmp_path, config)
+    net, meta = load_checkpoint(tmp_path)
+    assert meta["step"] == 2 and meta["train"]["shift_pixels"] == 2
+    assert 0.0 < meta["held_out_bits_per_dim"] < 16.0
+    assert net.config.steps_per_level == (1, 2)
