@@ -106,20 +106,24 @@ class Replica:
         self._lines: list[str] = []
         self._eof = False
         self._changed = threading.Condition()
+        self._reader: threading.Thread | None = None
 
     def start(self) -> Replica:
         """Spawn on ``port`` (0 the first time); returns at once, see ``wait_until_serving``."""
         cmd = [str(self.command), "serve", "--host", HOST, "--port", str(self.port or 0)]
         cmd += ["--models", str(self.models), "--metrics-port", "0", *self.extra_args]
         self.metrics_port = None
+        if self._reader is not None and not self.running:
+            self._reader.join(timeout=5)  # the last run's reader: its end of file is not this run's
         with self._changed:
             self._lines, self._eof = [], False
-        self.starts += 1
+            self.starts += 1
         # Own session: a Ctrl-C in the terminal reaches deploy.local only, which stops things in order.
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
         )
-        threading.Thread(target=self._read_log, args=(self.proc, self.starts), daemon=True).start()
+        self._reader = threading.Thread(target=self._read_log, args=(self.proc, self.starts), daemon=True)
+        self._reader.start()
         return self
 
     def _read_log(self, proc: subprocess.Popen, start: int) -> None:
@@ -129,11 +133,15 @@ class Replica:
                 out.write(line)
                 out.flush()
                 with self._changed:
-                    self._lines.append(line)
-                    self._changed.notify_all()
+                    if start == self.starts:
+                        self._lines.append(line)
+                        self._changed.notify_all()
         with self._changed:
-            self._eof = True
-            self._changed.notify_all()
+            # Only this run's reader ends this run: an earlier run's, still reading when start() was
+            # called again, would otherwise mark the new process exited before it had logged a line.
+            if start == self.starts:
+                self._eof = True
+                self._changed.notify_all()
 
     def _wait_for_line(self, pattern: str, timeout: float) -> re.Match:
         regex, deadline = re.compile(pattern), time.monotonic() + timeout
