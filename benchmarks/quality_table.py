@@ -21,7 +21,7 @@ SAMPLERS = {
     "vae-mnist": "",
     "dcgan-mnist": "",
     "stylegan-mnist": "ψ = 1",
-    "realnvp-mnist": "T = 1",
+    "realnvp-mnist": "T = 0.9, its default",
     "pixelcnn-mnist": "labels 0..9 in turn, w = 1.5",
     "cgan-mnist": "labels 0..9 in turn",
     "acgan-mnist": "labels 0..9 in turn",

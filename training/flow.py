@@ -30,10 +30,11 @@ log = logging.getLogger(__name__)
 @dataclass
 class FlowTrainConfig:
     # The bundled recipe (realnvp-mnist): 8 steps at 14x14 and 24 at 7x7, a per-position top prior,
-    # digits shifted by up to a pixel; 5,000 steps, ~65 minutes on one CPU thread, then resumed with
-    # --steps 7000: the cosine stretched to 7,000 restarts at 2.4e-4 for 2,000 more (~25 minutes).
+    # digits shifted by up to a pixel; 8,000 steps on one cosine, ~85 minutes on one CPU thread. It
+    # ends at 1.432 held-out bits/dim (2 draws); 5,000 steps and then 2,000 more on a cosine restarted
+    # at 2.4e-4 ended at 1.488.
     net: FlowConfig = field(default_factory=lambda: FlowConfig(steps_per_level=(8, 24), top_prior="position"))
-    steps: int = 5000
+    steps: int = 8000
     batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 200

@@ -115,7 +115,7 @@ def test_manifest_carries_what_serving_and_evaluation_need(family_models, name):
         assert manifest.default_guidance == PIXELCNN_GUIDANCE
     elif name == "realnvp-mnist":
         assert manifest.latent_dim == 784 and list(manifest.graphs) == [mf.LIKELIHOOD_GRAPH]
-        assert manifest.default_temperature == 1.0
+        assert manifest.default_temperature == servable.default_temperature == 0.9
     else:
         assert manifest.latent_dim == TINY[servable.checkpoint][1].latent_dim
     if servable.partner:
