@@ -127,9 +127,9 @@ def failures(report: dict) -> int:
 @needs_haproxy
 def test_each_call_is_balanced_so_both_replicas_get_35_to_65_percent(deployment: LocalDeployment, load):
     """One model's load at a time. leastconn evens out the calls in flight of all models together, so
-    under a mixed load one model's split follows the other's: four slow diffusion calls may sit 3 / 1
-    while the fast GAN calls fill the other replica (4 in flight on each, a state leastconn keeps),
-    and the GAN's split is then 1 : 3 although every call went where it should."""
+    under a mixed load one model's split follows the other's: four slow diffusion calls at 3 / 1 with
+    the fast GAN calls filling the other replica (4 in flight on each) is as even to it as 2 / 2, and
+    the GAN's split is then near 1 : 3 although every call went where it should."""
     reports = {model: load(deployment.target, model, duration=4.0).report() for model in (DCGAN, DDPM)}
     for model, report in reports.items():
         per_replica = deployment.requests_per_replica(model)
