@@ -114,7 +114,7 @@ class Replica:
         cmd += ["--models", str(self.models), "--metrics-port", "0", *self.extra_args]
         self.metrics_port = None
         if self._reader is not None and not self.running:
-            self._reader.join(timeout=5)  # the last run's reader: its end of file is not this run's
+            self._reader.join(timeout=5)  # the last run's reader, so its last lines precede this run's header
         with self._changed:
             self._lines, self._eof = [], False
             self.starts += 1
