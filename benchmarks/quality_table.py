@@ -15,18 +15,19 @@ from pathlib import Path
 
 from genserve.cli.defaults import DEFAULT_MODELS
 
-# Rows in the order the tables show them; the note says what was asked for.
+# Rows in the order the tables show them; the note says what was asked for, a model's defaults
+# filled in from its manifest (``{default_temperature}``, ``{default_guidance}``).
 SAMPLERS = {
     "gaussian-mnist": "baseline",
     "vae-mnist": "",
     "dcgan-mnist": "",
     "stylegan-mnist": "ψ = 1",
-    "realnvp-mnist": "T = 0.9, its default",
-    "pixelcnn-mnist": "labels 0..9 in turn, w = 1.5",
+    "realnvp-mnist": "T = {default_temperature:g}, its default",
+    "pixelcnn-mnist": "labels 0..9 in turn, w = {default_guidance:g}",
     "cgan-mnist": "labels 0..9 in turn",
     "acgan-mnist": "labels 0..9 in turn",
     "ddpm-mnist": "1000 DDPM steps",
-    "ddpm-cond-mnist": "labels 0..9 in turn, w = 2, 1000 DDPM steps",
+    "ddpm-cond-mnist": "labels 0..9 in turn, w = {default_guidance:g}, 1000 DDPM steps",
     "ldm-mnist": "1000 DDPM steps",
 }
 TRANSLATORS = ("vae-mnist-reconstruct", "pix2pix-edges2mnist", "srresnet-mnist-x4", "srgan-mnist-x4")
@@ -52,13 +53,17 @@ def _reference(metrics: dict) -> str:
 
 
 def tables(models: Path) -> str:
-    def metrics(name: str) -> dict | None:
+    def manifest(name: str) -> dict:
         path = models / name / "manifest.json"
-        return json.loads(path.read_text())["metrics"] if path.exists() else None
+        return json.loads(path.read_text()) if path.exists() else {}
 
     out = []
     for title, names in (("Samplers (100 samples)", SAMPLERS), ("Translators", dict.fromkeys(TRANSLATORS, ""))):
-        rows = [(n, m, note) for n, note in names.items() if (m := metrics(n)) and "inception_score" in m]
+        rows = [
+            (n, m["metrics"], note.format(**m))
+            for n, note in names.items()
+            if "inception_score" in (m := manifest(n)).get("metrics", {})
+        ]
         out += [f"{title}; {_reference(rows[0][1])}", "", HEADER, RULE]
         out += [_row(n, m, note) for n, m, note in rows]
         out.append("")

@@ -122,8 +122,8 @@ def curriculum_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository of the newer families, small random-init networks through the real export
     (graph signatures, extra graphs, parity check): ``pixelcnn-tiny`` (autoregressive, class-
     conditional with classifier-free guidance, default scale 2), ``flow-tiny`` (a RealNVP sampler
-    with its likelihood graph), ``stylegan-tiny`` (truncation and style mixing) and ``ldm-tiny``
-    (diffusion on a VAE latent, with its decoder)."""
+    with a mixture top prior, and its likelihood graph), ``stylegan-tiny`` (truncation and style
+    mixing) and ``ldm-tiny`` (diffusion on a VAE latent, with its decoder)."""
     import torch
 
     from genserve.export.onnx_export import Servable, export_model_folder
@@ -144,7 +144,7 @@ def curriculum_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ),
         FLOW: (
             "flow",
-            Flow(FlowConfig(steps_per_level=1, hidden=8)),
+            Flow(FlowConfig(steps_per_level=1, hidden=8, top_mixture=10)),
             Servable(
                 FLOW, "tiny flow", "sample", extra_graphs=(("likelihood", "likelihood"),), default_temperature=1.0
             ),
@@ -165,6 +165,9 @@ def curriculum_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
             for p in net.parameters():
                 if not p.any():
                     p.normal_(0.0, 0.05)
+        if family == "flow":  # a fitted mixture prior: class means apart, so the component shows
+            h = torch.randn(200, net.top_dims) + 2.0 * torch.randn(10, net.top_dims).repeat(20, 1)
+            net.prior.fit(h, torch.arange(200) % 10, 0.1)
         save_checkpoint(checkpoints / name, family, net.eval(), net.config)
         export_model_folder(checkpoints / name, models / name, name, max_batch_size=16, servable=servable)
     return models

@@ -11,6 +11,13 @@ output ``z`` is standard normal throughout); the last level ends with a learnt t
 actnorm, per channel or per position). 28 -> 14 -> 7: two levels, 784 latent dimensions; the
 levels may run different numbers of steps.
 
+The top latent's density may be a Gaussian mixture instead of the standard normal
+(``top_mixture``): one component per class with a shared full covariance, the maximum-likelihood
+fit to the encoded training digits given their labels (``GaussianMixturePrior.fit``; Glow's
+class-conditional prior, fitted after training). Unfitted it is the standard normal. Sampling
+then needs one more choice per image, the component, which the sampler reads from two more
+latent coordinates (``component_of``).
+
 Two servable views: ``FlowSampler`` (z -> image, the inverse) and ``FlowLikelihood`` (image ->
 bits per dimension of the discrete image, the forward pass at the bin centres)."""
 
@@ -36,6 +43,9 @@ class FlowConfig:
     hidden: int = 128  # channels of the coupling networks (64: 1.67 held-out bits/dim, 0.37 confident)
     logit_alpha: float = 0.05  # RealNVP's boundary: the logit sees (alpha, 1 - alpha), never 0 or 1
     top_prior: str = "channel"  # the top prior's mean and scale: per "channel" (Glow) or per "position"
+    # > 0: the top latent's density is a mixture of this many Gaussians (one per class) with a shared
+    # covariance, fitted after training; 0: the standard normal
+    top_mixture: int = 0
 
     def steps_at(self, level: int) -> int:
         steps = self.steps_per_level
@@ -212,9 +222,72 @@ class FlowStep(nn.Module):
         return y
 
 
+CHOICE_DIMS = 2  # latent coordinates a mixture flow's sampler reads its component from
+
+
+def component_of(pair: torch.Tensor, components: int) -> torch.Tensor:
+    """Two independent N(0, s^2) coordinates (B, 2) -> a component (B,) int64, uniform on
+    0 .. components - 1 whatever s: the ratio a / b of the pair is Cauchy for every s, and its CDF
+    1/2 + atan(a / b) / pi is uniform. A request's temperature scales the whole latent, so a
+    uniform read from one coordinate's scale would not be uniform at other temperatures."""
+    a, b = pair[:, 0], pair[:, 1]
+    b = torch.where(b == 0, torch.full_like(b, 1e-30), b)  # (B,); a / b stays finite or +-inf
+    u = 0.5 + torch.atan(a / b) / math.pi  # (B,) in [0, 1]
+    return torch.clamp(torch.floor(u * components), max=components - 1).long()
+
+
+class GaussianMixturePrior(nn.Module):
+    """A density on the top latent h (B, D): (1 / K) sum_k N(h; mean_k, L L^T), one component per
+    class, the covariance shared (the Gaussian model of linear discriminant analysis). Built as
+    the standard normal (means 0, L = I) until ``fit``."""
+
+    def __init__(self, components: int, dims: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(components, dims))
+        self.register_buffer("scale_tril", torch.eye(dims))  # L, lower triangular
+        self.register_buffer("frozen_inverse", None, persistent=False)  # L^-1, held by a served copy
+
+    @torch.no_grad()
+    def fit(self, h: torch.Tensor, labels: torch.Tensor, shrink: float) -> None:
+        """The maximum-likelihood means of the classes 0 .. K-1 and their pooled within-class
+        covariance, shrunk towards its mean variance (``shrink`` of the way) against the noise of
+        a D x D estimate: h (N, D), labels (N,)."""
+        h = h.double()
+        mean = torch.stack([h[labels == k].mean(0) for k in range(len(self.mean))])  # (K, D)
+        cov = torch.cov((h - mean[labels]).T)  # (D, D)
+        eye = torch.eye(len(cov), dtype=cov.dtype)
+        cov = (1.0 - shrink) * cov + shrink * cov.diagonal().mean() * eye
+        self.mean.copy_(mean.float())
+        self.scale_tril.copy_(torch.linalg.cholesky(cov).float())
+
+    def inverse_tril(self) -> torch.Tensor:
+        if self.frozen_inverse is not None:
+            return self.frozen_inverse
+        return torch.linalg.inv(self.scale_tril.double()).float()
+
+    @torch.no_grad()
+    def freeze_inverse(self) -> None:
+        self.frozen_inverse = self.inverse_tril().detach().clone()
+
+    def log_prob(self, h: torch.Tensor) -> torch.Tensor:
+        """log p(h) (B,) of the top latents h (B, D)."""
+        inverse = self.inverse_tril()  # (D, D); ONNX has no triangular solve, so a matrix product
+        u = h @ inverse.T  # (B, D): L^-1 h
+        centres = self.mean @ inverse.T  # (K, D): L^-1 mean_k
+        sq = (u.unsqueeze(1) - centres).pow(2).sum(-1)  # (B, K)
+        dims, components = self.mean.shape[1], self.mean.shape[0]
+        log_norm = 0.5 * dims * math.log(2 * math.pi) - torch.log(torch.diagonal(inverse)).sum()
+        return torch.logsumexp(-0.5 * sq, dim=1) - math.log(components) - log_norm
+
+    def sample(self, eps: torch.Tensor, component: torch.Tensor) -> torch.Tensor:
+        """h = mean_component + L eps: eps (B, D) standard normal (times a temperature), component (B,)."""
+        return self.mean[component] + eps @ self.scale_tril.T
+
+
 class Flow(nn.Module):
-    """forward(s) -> (z (B, D) standard normal under the model, log |det dz/ds| (B,)) on the
-    preprocessed input s (``levels_to_logit``); inverse(z) -> s. D = C H W."""
+    """forward(s) -> (z (B, D), log |det dz/ds| (B,)) on the preprocessed input s
+    (``levels_to_logit``), z standard normal under the model but for the top latent under a
+    mixture prior (``log_prob``); inverse(z) -> s. D = C H W."""
 
     def __init__(self, config: FlowConfig):
         super().__init__()
@@ -240,6 +313,10 @@ class Flow(nn.Module):
             raise ValueError(f"top_prior must be 'channel' or 'position', not {config.top_prior!r}")
         self.top = ActNorm(c, size if config.top_prior == "position" else None)  # the top prior's mean and scale
         self.z_shapes.append((c, size, size))
+        self.top_dims = c * size * size
+        self.prior = GaussianMixturePrior(config.top_mixture, self.top_dims) if config.top_mixture else None
+        # z of the sampler: the flow's latent, and with a mixture the pair its component is read from
+        self.latent_dim = self.dims + (CHOICE_DIMS if self.prior is not None else 0)
 
     def forward(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, logdet, parts = s, s.new_zeros(s.shape[0]), []
@@ -274,18 +351,36 @@ class Flow(nn.Module):
 
     def bits_per_dim(self, levels: torch.Tensor, offset: torch.Tensor | float) -> torch.Tensor:
         """-log2 of the model density of the dequantized image v + offset, per dimension (B,): the
-        full change of variables, z <- s <- (v + offset), under a standard normal z."""
+        full change of variables, z <- s <- (v + offset), under z's density ``log_prob``."""
         s, logdet_pre = levels_to_logit(levels, offset, self.config.logit_alpha)
         z, logdet = self(s)
-        log_pz = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(1)
+        log_pz = self.log_prob(z)
         return -(log_pz + logdet + logdet_pre) / (self.dims * math.log(2.0))
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) (B,) of the flow's output z (B, D): standard normal, the top latent under the
+        mixture if there is one."""
+        if self.prior is None:
+            return -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(1)
+        rest, top = z[:, : -self.top_dims], z[:, -self.top_dims :]
+        return -0.5 * (rest.pow(2) + math.log(2 * math.pi)).sum(1) + self.prior.log_prob(top)
+
+    def latent_of(self, z: torch.Tensor) -> torch.Tensor:
+        """The sampler's latent (B, latent_dim), standard normal times a temperature -> the flow's z
+        (B, D) to invert: with a mixture, the top latent is its component's mean plus L times
+        its part of the latent, the component read from the last two coordinates."""
+        if self.prior is None:
+            return z
+        rest, eps = z[:, : self.dims - self.top_dims], z[:, self.dims - self.top_dims : self.dims]
+        component = component_of(z[:, self.dims :], len(self.prior.mean))
+        return torch.cat([rest, self.prior.sample(eps, component)], dim=1)
 
     def frozen(self) -> Flow:
         """An eval-mode copy whose 1x1 convolutions hold their inverse weights as constants: the
         inverse it computes then exports to ONNX, and later training does not change it."""
         net = copy.deepcopy(self).eval().requires_grad_(False)
         for module in net.modules():
-            if isinstance(module, InvertibleConv1x1):
+            if isinstance(module, InvertibleConv1x1 | GaussianMixturePrior):
                 module.freeze_inverse()
         return net
 
@@ -302,15 +397,15 @@ def levels_to_image(levels: torch.Tensor) -> torch.Tensor:
 
 
 class FlowSampler(nn.Module):
-    """The default served graph: z (B, D) (standard normal, times the request's temperature) ->
-    image (B, C, H, W) in [-1, 1]."""
+    """The default served graph: z (B, latent_dim) (standard normal, times the request's
+    temperature) -> image (B, C, H, W) in [-1, 1]."""
 
     def __init__(self, net: Flow):
         super().__init__()
         self.net = net.frozen()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        s = self.net.inverse(z)
+        s = self.net.inverse(self.net.latent_of(z))
         return levels_to_image(logit_to_levels(s, self.net.config.logit_alpha))
 
 
@@ -321,7 +416,7 @@ class FlowLikelihood(nn.Module):
 
     def __init__(self, net: Flow):
         super().__init__()
-        self.net = net
+        self.net = net.frozen()  # a mixture prior's inverse factor as a constant
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net.bits_per_dim(image_to_levels(image), 0.5)

@@ -54,7 +54,7 @@ TINY = {
     "ldm-mnist": ("latent_diffusion", LatentDiffusionConfig(latent_dim=4, width=8, depth=1, vae_features=4)),
     "pixelcnn-mnist": ("pixelcnn", PixelCNNConfig(channels=4, layers=2, head_channels=8, guided=True)),
     "stylegan-mnist": ("stylegan_generator", StyleGANConfig(latent_dim=8, w_dim=8, mapping_layers=1, gen_features=4)),
-    "realnvp-mnist": ("flow", FlowConfig(steps_per_level=1, hidden=4)),
+    "realnvp-mnist": ("flow", FlowConfig(steps_per_level=1, hidden=4, top_mixture=10)),
 }
 
 
@@ -67,6 +67,9 @@ def family_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
         net = build(family, config)
         if family == "gaussian":
             net.fit(torch.rand(50, 1, 28, 28) * 2 - 1)
+        if family == "flow":  # a fitted mixture prior: class means apart, a correlated covariance
+            h = torch.randn(200, net.top_dims) @ torch.randn(net.top_dims, net.top_dims) * 0.3
+            net.prior.fit(h + torch.randn(10, net.top_dims).repeat(20, 1), torch.arange(200) % 10, 0.1)
         if family == "unet":  # its zero-initialised output layers would hide the label and guidance
             with torch.no_grad():
                 for p in net.parameters():
@@ -114,8 +117,8 @@ def test_manifest_carries_what_serving_and_evaluation_need(family_models, name):
         assert (manifest.num_classes, manifest.default_temperature) == (10, 1.0)
         assert manifest.default_guidance == PIXELCNN_GUIDANCE
     elif name == "realnvp-mnist":
-        assert manifest.latent_dim == 784 and list(manifest.graphs) == [mf.LIKELIHOOD_GRAPH]
-        assert manifest.default_temperature == servable.default_temperature == 0.9
+        assert manifest.latent_dim == 784 + 2 and list(manifest.graphs) == [mf.LIKELIHOOD_GRAPH]  # + component
+        assert manifest.default_temperature == servable.default_temperature == 0.6
     else:
         assert manifest.latent_dim == TINY[servable.checkpoint][1].latent_dim
     if servable.partner:
@@ -249,8 +252,10 @@ def test_every_bundled_model_folder_loads_and_was_evaluated(name):
         # ddpm-cond-mnist is ddpm-mnist's 1.06M-parameter UNet fine-tuned, stored in float16; the
         # StyleGAN's graph holds its folded equalized-lr weights and noise constants besides the
         # weights (2.1 MB); a folder with more graphs (a flow's likelihood) holds the weights once
-        # more per graph: realnvp-mnist's 948k parameters are 1.9 MB in float16, three times over
-        per_copy = 4e6 if manifest.graphs else 2.5e6
+        # more per graph: realnvp-mnist's 948k parameters and its mixture prior's 158k numbers are
+        # 2.2 MB in float16, three times over, and the likelihood graph holds the mixture's inverse
+        # factor (derived, so float32: 0.6 MB)
+        per_copy = 4.5e6 if manifest.graphs else 2.5e6
         limit = 5e6 if manifest.kind.iterative else per_copy * (1 + len(manifest.graphs))
         assert size < limit, f"{name} is {size / 1e6:.2f} MB"
 

@@ -16,12 +16,21 @@ from genserve.nets.flow import (
     FlowConfig,
     FlowLikelihood,
     FlowSampler,
+    GaussianMixturePrior,
+    component_of,
     levels_to_logit,
     squeeze,
     unsqueeze,
 )
 from genserve.nets.graphs import graph_of, servable_module
-from genserve.training.flow import FlowTrainConfig, held_out_bits_per_dim, learning_rate, train_flow
+from genserve.training.data import mnist_splits
+from genserve.training.flow import (
+    FlowTrainConfig,
+    fit_top_mixture,
+    held_out_bits_per_dim,
+    learning_rate,
+    train_flow,
+)
 
 ROUND_TRIP_ATOL = 1e-4
 
@@ -210,3 +219,114 @@ def test_a_short_run_with_shifted_digits_writes_a_servable_checkpoint(tmp_path):
     assert meta["step"] == 2 and meta["train"]["shift_pixels"] == 2
     assert 0.0 < meta["held_out_bits_per_dim"] < 16.0
     assert net.config.steps_per_level == (1, 2)
+
+
+def test_the_last_checkpoint_fits_the_mixture_prior_to_the_shifted_digits(tmp_path):
+    """The recipe's top prior: fitted to the EMA at the last checkpoint; the trained net keeps the
+    standard normal, so the mixture does not change what it learns."""
+    config = FlowTrainConfig(
+        net=FlowConfig(steps_per_level=1, hidden=4, top_prior="position", top_mixture=10),
+        steps=2,
+        init_batch=32,
+        eval_draws=1,
+        checkpoint_every=1,
+    )
+    train_flow(tmp_path / "run", config)
+    net, meta = load_checkpoint(tmp_path / "run")
+    assert meta["step"] == 2 and net.latent_dim == 784 + 2
+    assert net.prior.mean.abs().amax(1).min() > 0  # every class has its mean
+    state = torch.load(tmp_path / "run" / "train_state.pt", weights_only=False)
+    assert not state["net"]["prior.mean"].any()  # the trained net's loss is the standard normal's
+    # The fit is the one fit_top_mixture makes: the same seeded draws, so the same prior.
+    refit = Flow(net.config)
+    refit.load_state_dict(net.state_dict())
+    refit.prior.fit(torch.randn(20, refit.top_dims), torch.arange(20) % 10, 0.5)  # something else
+    train, _ = mnist_splits()
+    fit_top_mixture(refit, train.images, train.labels, config.shift_pixels, config.mixture_shrink)
+    torch.testing.assert_close(refit.prior.mean, net.prior.mean)
+    torch.testing.assert_close(refit.prior.scale_tril, net.prior.scale_tril)
+
+
+def test_the_component_is_uniform_and_does_not_depend_on_the_temperature():
+    pair = torch.randn(100_000, 2, generator=torch.Generator().manual_seed(0))
+    component = component_of(pair, 10)
+    share = torch.bincount(component, minlength=10).float() / len(component)
+    assert (share - 0.1).abs().max().item() < 0.005  # 5 standard deviations of a share of 100,000
+    for t in (0.25, 0.5, 2.0):  # exact scalings: exactly the same components
+        assert torch.equal(component_of(pair * t, 10), component)
+    assert (component_of(pair * 0.6, 10) == component).float().mean().item() > 0.9999  # rounding at the edges
+    edges = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 0.0]])
+    assert component_of(edges, 10).tolist() == [9, 0, 5]
+
+
+def test_the_mixture_prior_is_the_maximum_likelihood_mixture_of_the_classes():
+    torch.manual_seed(0)
+    k, d = 3, 6
+    labels = torch.arange(3000) % k
+    h = 3 * torch.randn(k, d)[labels] + torch.randn(3000, d) @ torch.randn(d, d).T
+    prior = GaussianMixturePrior(k, d)
+    x = h[:50]
+    torch.testing.assert_close(prior.log_prob(x), torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(1))  # unfitted
+    prior.fit(h, labels, shrink=0.0)
+    torch.testing.assert_close(prior.mean, torch.stack([h[labels == c].mean(0) for c in range(k)]))
+    torch.testing.assert_close(prior.scale_tril @ prior.scale_tril.T, torch.cov((h - prior.mean[labels]).T))
+    mixture = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(torch.ones(k)),
+        torch.distributions.MultivariateNormal(prior.mean, scale_tril=prior.scale_tril.expand(k, d, d)),
+    )
+    torch.testing.assert_close(prior.log_prob(x), mixture.log_prob(x), rtol=1e-5, atol=1e-4)
+    prior.freeze_inverse()  # the served copy's constant inverse: the same density
+    torch.testing.assert_close(prior.log_prob(x), mixture.log_prob(x), rtol=1e-5, atol=1e-4)
+    eps, component = torch.randn(4, d), torch.tensor([0, 2, 1, 2])
+    torch.testing.assert_close(prior.sample(eps, component), prior.mean[component] + eps @ prior.scale_tril.T)
+    prior.fit(h, labels, shrink=1.0)  # all the way: the mean variance on the diagonal
+    cov = torch.cov((h - prior.mean[labels]).T)
+    torch.testing.assert_close(prior.scale_tril @ prior.scale_tril.T, cov.diagonal().mean() * torch.eye(d))
+
+
+@pytest.fixture(scope="module")
+def mixture_flow() -> Flow:
+    """An 8x8 flow with a fitted mixture top prior (8 components, class means apart)."""
+    net = random_flow(FlowConfig(image_size=8, hidden=8, steps_per_level=2, top_mixture=8))
+    labels = torch.arange(400) % 8
+    net.prior.fit(torch.randn(400, net.top_dims) + 2 * torch.randn(8, net.top_dims)[labels], labels, 0.1)
+    return net
+
+
+@torch.no_grad()
+def test_the_mixture_sampler_inverts_an_image_given_its_component_and_scaled_offset(mixture_flow):
+    """image -> z; with z's top written as mean_k + L eps and a pair that reads as component k, the
+    served sampler gives the image back, for every k."""
+    net = mixture_flow
+    levels = torch.randint(0, 256, (8, 1, 8, 8)).float()
+    s, _ = levels_to_logit(levels, 0.5, net.config.logit_alpha)
+    z = net(s)[0]  # (8, 64)
+    component = torch.arange(8)
+    eps = torch.linalg.solve_triangular(
+        net.prior.scale_tril, (z[:, -net.top_dims :] - net.prior.mean[component]).T, upper=False
+    ).T
+    ratio = torch.tan(math.pi * ((component + 0.5) / 8 - 0.5))  # a / b whose Cauchy CDF is mid-bin k
+    pair = torch.stack([ratio, torch.ones(8)], dim=1)
+    latent = torch.cat([z[:, : -net.top_dims], eps, pair], dim=1)  # (8, 64 + 2)
+    assert latent.shape[1] == net.latent_dim
+    image = FlowSampler(net)(latent)
+    np.testing.assert_array_equal(to_uint8(image.numpy())[..., 0], levels[:, 0].numpy().astype(np.uint8))
+    other = FlowSampler(net)(torch.cat([latent[:, :-2], pair.roll(1, 0)], dim=1))  # other components
+    assert (to_uint8(other.numpy()) != to_uint8(image.numpy())).any()
+
+
+@torch.no_grad()
+def test_an_unfitted_mixture_is_the_standard_normal(tiny_flow):
+    net = Flow(FlowConfig(image_size=8, hidden=8, steps_per_level=2, top_mixture=10)).eval()
+    net.load_state_dict(tiny_flow.state_dict(), strict=False)
+    levels = torch.randint(0, 256, (4, 1, 8, 8)).float()
+    torch.testing.assert_close(net.bits_per_dim(levels, 0.5), tiny_flow.bits_per_dim(levels, 0.5))
+
+
+@pytest.mark.parametrize("view", ["default", "likelihood"])
+def test_a_mixture_flows_graphs_export_to_onnx_with_parity(mixture_flow, view, tmp_path):
+    cfg = {"image_channels": 1, "image_size": 8, "top_mixture": 8}
+    module, _ = servable_module(mixture_flow, "flow", view)
+    signature = graph_of("flow", view).signature(cfg)
+    errors = check_parity(module, export_onnx(module, signature, tmp_path / f"{view}.onnx"), signature)
+    assert max(errors.values()) <= PARITY_ATOL
