@@ -208,7 +208,8 @@ SERVED: dict[str, Servable] = {
     "stylegan-mnist": Servable(
         "stylegan-mnist",
         "StyleGAN2 (Karras et al. 2020): mapping MLP, modulated convolutions from a learned 7x7 constant, "
-        "per-image truncation psi and style mixing (mix_z from layer mix_layer on)",
+        "per-image truncation psi and style mixing (mix_z from layer mix_layer on); trained class-conditional "
+        "(a projection discriminator), served unconditional: the digit is the argmax of z's first 10 coordinates",
         "sample",
     ),
     "realnvp-mnist": Servable(

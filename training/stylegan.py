@@ -3,9 +3,11 @@ penalty on real images (every ``r1_every`` steps, scaled up by that interval, wi
 hyperparameters adjusted for the interval as in the paper), Adam(beta1 = 0, beta2 = 0.99),
 style-mixing regularisation (each image's layers from a random one on take a second latent's
 w), ``w_avg`` tracked from the generator step's mapped w, and DiffAugment (``augment``: the
-discriminator sees reals and fakes alike through random translation, and cutout if asked). The
-served generator is an EMA of the trained one; ``EMA.update`` copies the buffers, ``w_avg`` and
-the constant noise, with it.
+discriminator sees reals and fakes alike through random translation, and cutout if asked). With
+``net.classes`` the discriminator is told each image's class (a training digit's label, a
+generated image's argmax class of z) and projects on it; the generator reads the class from z
+alone, so it samples unconditionally. The served generator is an EMA of the trained one;
+``EMA.update`` copies the buffers, ``w_avg`` and the constant noise, with it.
 
 ``save_grids`` and ``quality`` draw the documentation grids and the figures the docs quote from
 a trained generator, reproducibly: latents from ``server_latents``, noise from the checkpoint."""
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genserve.nets.dcgan import code_one_hot
 from genserve.nets.stylegan import StyleGANConfig, StyleGANDiscriminator, StyleGANGenerator, mix_styles
 from genserve.training import EVAL_SEED
 from genserve.training.augment import diff_augment, parse_policy
@@ -43,7 +46,9 @@ MIXING_LAYER = 3  # the mixing grid's k: layers 0-2 (7x7 and 14x14) from the row
 class StyleGANTrainConfig:
     # The bundled recipe (stylegan-mnist): 10,000 steps at batch 32, the learning rates constant for
     # 7,000, then falling linearly to 0, DiffAugment translation on; ~50 minutes on one CPU thread.
-    net: StyleGANConfig = field(default_factory=StyleGANConfig)
+    # Class-conditional (net.classes; served unconditional): the same recipe without classes is 0.88
+    # confident at seed 2026 (recall 0.88, FID / floor 1.08), with them 1.00 (recall 0.64, 2.12)
+    net: StyleGANConfig = field(default_factory=lambda: StyleGANConfig(classes=10))
     loss: str = GANLoss.NON_SATURATING.value  # or lsgan; the R1 penalty applies to either
     steps: int = 10000
     batch_size: int = 32
@@ -64,10 +69,11 @@ class StyleGANTrainConfig:
     checkpoint_every: int = 500
 
 
-def r1_penalty(disc: torch.nn.Module, real: torch.Tensor) -> torch.Tensor:
-    """E ||grad_x D(x)||^2 over real images x (B, C, H, W) (Mescheder et al. 2018)."""
+def r1_penalty(disc: torch.nn.Module, real: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+    """E ||grad_x D(x)||^2 over real images x (B, C, H, W) (Mescheder et al. 2018), with their
+    labels (B,) for a class-conditional discriminator."""
     real = real.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(disc(real).sum(), real, create_graph=True)
+    (grad,) = torch.autograd.grad(disc(real, label).sum(), real, create_graph=True)
     return grad.square().sum(dim=(1, 2, 3)).mean()
 
 
@@ -98,10 +104,17 @@ def train_stylegan(out: Path, config: StyleGANTrainConfig) -> Path:
     n, layers = config.batch_size, net.style_layers
     policy = parse_policy(config.augment)
 
-    def judge(images: torch.Tensor) -> torch.Tensor:
-        return disc(diff_augment(images, policy, rng))
+    k, digits = net.classes, int(train.labels.max()) + 1
+    if k not in (0, digits):
+        raise ValueError(f"a class-conditional stylegan has one class per digit, {digits} digits; got {k}")
+    labels = torch.from_numpy(train.labels.astype(np.int64)) if k else None  # (N,)
 
-    def fake_batch(track: bool) -> torch.Tensor:
+    def judge(images: torch.Tensor, label: torch.Tensor | None) -> torch.Tensor:
+        return disc(diff_augment(images, policy, rng), label)
+
+    def fake_batch(track: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Generated images (B, C, 28, 28) and, class-conditional, their classes (B,): the first
+        latent's, which sets layer 0 (7x7) of every image, mixed or not."""
         z = torch.randn(n, net.latent_dim, generator=rng)
         z2 = torch.randn(n, net.latent_dim, generator=rng)
         w = gen.mapping(z)  # (B, w_dim)
@@ -110,27 +123,29 @@ def train_stylegan(out: Path, config: StyleGANTrainConfig) -> Path:
         # Style mixing per image: from a random layer in 1 .. L-1 on, z2's w (with prob p); else none.
         mixed = torch.rand(n, generator=rng) < config.style_mixing_prob
         cut = torch.where(mixed, torch.randint(1, layers, (n,), generator=rng), torch.full((n,), layers))
-        return gen.synthesis(mix_styles(w, gen.mapping(z2), cut, layers))  # (B, C, 28, 28)
+        label = code_one_hot(z, k).argmax(dim=1) if k else None
+        return gen.synthesis(mix_styles(w, gen.mapping(z2), cut, layers)), label
 
     def step_fn(step: int) -> dict[str, float]:
         for opt, lr in ((opt_g, config.lr), (opt_d, config.lr * c)):
             for group in opt.param_groups:
                 group["lr"] = lr * lr_factor(config, step)  # set every step: a resumed run follows the schedule
-        real = data[next(batch_iter)]  # (B, 1, 28, 28)
+        index = next(batch_iter)
+        real, real_label = data[index], labels[index] if k else None  # (B, 1, 28, 28), (B,)
         with torch.no_grad():
-            fake = fake_batch(track=False)
+            fake, fake_label = fake_batch(track=False)
         real = diff_augment(real, policy, rng)  # R1 then regularises D where it looks: augmented reals
-        loss_d = discriminator_loss(kind, disc(real), judge(fake))
+        loss_d = discriminator_loss(kind, disc(real, real_label), judge(fake, fake_label))
         losses = {"loss_d": loss_d.item()}
         if config.r1_gamma > 0 and step % config.r1_every == 0:
-            r1 = r1_penalty(disc, real)
+            r1 = r1_penalty(disc, real, real_label)
             loss_d = loss_d + 0.5 * config.r1_gamma * config.r1_every * r1
             losses["r1"] = r1.item()
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
 
-        loss_g = generator_loss(kind, judge(fake_batch(track=True)))
+        loss_g = generator_loss(kind, judge(*fake_batch(track=True)))
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from genserve.nets.dcgan import code_one_hot
+
 BASE_SIZE = 7  # the learned constant's side; each synthesis block doubles it
 ACT_GAIN = math.sqrt(2.0)  # keeps the activations' second moment through leaky ReLU (StyleGAN2)
 
@@ -40,12 +42,18 @@ class StyleGANConfig:
     # channels at 28x28; twice as many at 14x14, four times at 7x7. Below the generator's: the
     # discriminator runs three times per step (real, fake, fake for the generator) and dominates
     # its cost (at 16 a step takes 0.22 CPU-seconds at batch 32 on one thread, at 24 0.35); at 24
-    # the served generator is 0.88 confident at seed 2026, at 16 0.85 (same recipe otherwise).
+    # the unconditional generator is 0.88 confident at seed 2026, at 16 0.85 (same recipe otherwise).
     disc_features: int = 24
     # Synthesis layers that read a w: one at 7x7, two per doubling (1 + 2 * log2(image_size / 7)).
     # A request's mix layer is checked against it.
     style_layers: int = 5
     w_avg_beta: float = 0.995  # decay of the w_avg EMA, per training step
+    # k > 0: trained class-conditional, served unconditional. An image's class is the argmax of its
+    # z's first k coordinates (uniform over the k classes, so a sample is a draw of the mixture of
+    # the classes); the mapping network embeds it one-hot and reads it beside the other coordinates,
+    # as StyleGAN2-ADA reads a label. The discriminator projects its features on an embedding of
+    # the class (Miyato & Koyama 2018): a real digit's label, a generated image's class.
+    classes: int = 0
     image_channels: int = 1
     image_size: int = 28
 
@@ -88,18 +96,30 @@ class EqualConv2d(nn.Module):
         return F.conv2d(x, self.weight * self.weight_gain, self.bias, padding=self.padding)
 
 
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    """Each row (B, D) divided by its root mean square (StyleGAN's second-moment normalisation)."""
+    return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + 1e-8)
+
+
 class MappingNetwork(nn.Module):
-    """z (B, latent_dim) -> w (B, w_dim): second-moment normalisation of z, then an MLP."""
+    """z (B, latent_dim) -> w (B, w_dim): second-moment normalisation of z, then an MLP; with
+    classes, z's first k coordinates are read as the class (their argmax), embedded."""
 
     def __init__(self, config: StyleGANConfig):
         super().__init__()
-        dims = [config.latent_dim] + [config.w_dim] * config.mapping_layers
+        self.classes = config.classes
+        self.embed = EqualLinear(self.classes, config.w_dim) if self.classes else None  # the class, one-hot
+        first = config.latent_dim - self.classes + (config.w_dim if self.classes else 0)
+        dims = [first] + [config.w_dim] * config.mapping_layers
         self.layers = nn.ModuleList(
             EqualLinear(a, b, lr_mul=config.mapping_lr_mul) for a, b in zip(dims[:-1], dims[1:], strict=True)
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = z * torch.rsqrt(z.square().mean(dim=1, keepdim=True) + 1e-8)  # (B, latent_dim)
+        x = _normalize(z[:, self.classes :])  # (B, latent_dim - k)
+        if self.embed is not None:
+            label = _normalize(self.embed(code_one_hot(z, self.classes)))  # (B, w_dim)
+            x = torch.cat([x, label], dim=1)  # (B, latent_dim - k + w_dim)
         for layer in self.layers:
             x = F.leaky_relu(layer(x), 0.2) * ACT_GAIN
         return x  # (B, w_dim)
@@ -284,10 +304,23 @@ class StyleGANDiscriminator(nn.Module):
         self.conv = EqualConv2d(top + 1, top, 3)
         self.fc = EqualLinear(top * BASE_SIZE * BASE_SIZE, top)
         self.out = EqualLinear(top, 1)
+        self.class_embed = nn.Embedding(config.classes, top) if config.classes else None
+        if self.class_embed is not None:
+            nn.init.normal_(self.class_embed.weight, 0.0, 0.02)  # the projection term starts small
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
         x = F.leaky_relu(self.from_image(x), 0.2) * ACT_GAIN  # (B, f, S, S)
         x = self.blocks(x)  # (B, top, 7, 7)
         x = F.leaky_relu(self.conv(_minibatch_stddev(x)), 0.2) * ACT_GAIN  # (B, top, 7, 7)
-        x = F.leaky_relu(self.fc(x.flatten(1)), 0.2) * ACT_GAIN  # (B, top)
-        return self.out(x).flatten()  # (B,)
+        return F.leaky_relu(self.fc(x.flatten(1)), 0.2) * ACT_GAIN  # (B, top)
+
+    def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B,) of images x (B, C, S, S); a class-conditional discriminator needs each
+        image's class ``label`` (B,) int64."""
+        h = self._features(x)  # (B, top)
+        logits = self.out(h).flatten()
+        if self.class_embed is None:
+            return logits
+        if label is None:
+            raise ValueError("a class-conditional discriminator needs each image's label")
+        return logits + (self.class_embed(label) * h).sum(dim=1)

@@ -53,7 +53,10 @@ TINY = {
     "acgan-mnist": ("cgan_generator", CGANConfig(latent_dim=8, embed_dim=4, gen_features=4)),
     "ldm-mnist": ("latent_diffusion", LatentDiffusionConfig(latent_dim=4, width=8, depth=1, vae_features=4)),
     "pixelcnn-mnist": ("pixelcnn", PixelCNNConfig(channels=4, layers=2, head_channels=8, guided=True)),
-    "stylegan-mnist": ("stylegan_generator", StyleGANConfig(latent_dim=8, w_dim=8, mapping_layers=1, gen_features=4)),
+    "stylegan-mnist": (
+        "stylegan_generator",
+        StyleGANConfig(latent_dim=16, w_dim=8, mapping_layers=1, gen_features=4, classes=10),
+    ),
     "realnvp-mnist": ("flow", FlowConfig(steps_per_level=1, hidden=4, top_mixture=10)),
 }
 

@@ -132,3 +132,68 @@ def test_onnx_runtime_matches_pytorch(net, tmp_path):
     path = export_onnx(net, signature, tmp_path / "model.onnx")
     errors = check_parity(net, path, signature, batches=(1, 7))
     assert max(errors.values()) <= PARITY_ATOL, errors
+
+
+CLASSED = dataclasses.replace(TINY, classes=4)
+
+
+def test_a_class_conditional_generator_reads_the_class_not_the_magnitudes_of_its_coordinates():
+    torch.manual_seed(0)
+    gen = StyleGANGenerator(CLASSED).eval()
+    z = _latents(6, 20)
+    rescaled = z.clone()
+    rescaled[:, :4] = rescaled[:, :4] * 0.5 + 3.0  # order kept: the same argmax, other values
+    reclassed = z.clone()
+    reclassed[:, :4] = torch.roll(z[:, :4], 1, dims=1)  # every argmax moves by one place
+    base, same, other = (_run(gen, x) for x in (z, rescaled, reclassed))
+    torch.testing.assert_close(same, base)
+    assert (base - other).abs().amax(dim=(1, 2, 3)).min() > 1e-4  # each image changes with its class
+
+
+def test_a_class_conditional_discriminator_projects_on_the_class():
+    torch.manual_seed(0)
+    disc = StyleGANDiscriminator(CLASSED)
+    with torch.no_grad():
+        disc.class_embed.weight.normal_()  # away from its small start
+        x = torch.randn(4, 1, 28, 28)
+        label = torch.tensor([0, 1, 2, 3])
+        logits = disc(x, label)
+        h = disc._features(x)
+        torch.testing.assert_close(logits, disc.out(h).flatten() + (disc.class_embed.weight[label] * h).sum(1))
+        assert (logits - disc(x, label.roll(1))).abs().min() > 1e-4
+    with pytest.raises(ValueError, match="needs each image's label"):
+        disc(x)
+
+
+def test_without_classes_the_parameters_are_those_of_unconditional_checkpoints():
+    gen_names = set(StyleGANGenerator(TINY).state_dict())
+    assert not any("embed" in n for n in gen_names)
+    assert StyleGANGenerator(TINY).mapping.layers[0].weight.shape == (TINY.w_dim, TINY.latent_dim)
+    assert not any("class_embed" in n for n in StyleGANDiscriminator(TINY).state_dict())
+
+
+def test_a_class_conditional_generator_exports_with_parity(tmp_path):
+    torch.manual_seed(0)
+    gen = StyleGANGenerator(CLASSED).eval()
+    signature = graph_of("stylegan_generator").signature(dataclasses.asdict(CLASSED))
+    path = export_onnx(gen, signature, tmp_path / "model.onnx")
+    errors = check_parity(gen, path, signature, batches=(1, 7))
+    assert max(errors.values()) <= PARITY_ATOL, errors
+
+
+def test_class_conditional_training_reaches_both_embeddings(tmp_path):
+    from genserve.training.stylegan import StyleGANTrainConfig, train_stylegan
+
+    digits = dataclasses.replace(TINY, latent_dim=12, classes=10)
+    with pytest.raises(ValueError, match="10 digits"):
+        train_stylegan(tmp_path / "four", StyleGANTrainConfig(net=CLASSED, steps=1))
+    config = StyleGANTrainConfig(net=digits, steps=3, batch_size=8, checkpoint_every=3, r1_every=2)
+    train_stylegan(tmp_path, config)
+    gen, meta = load_checkpoint(tmp_path)
+    assert meta["config"]["classes"] == 10 and meta["step"] == 3
+    assert gen.mapping.embed is not None
+    state = torch.load(tmp_path / "train_state.pt", weights_only=False)
+    assert state["disc"]["class_embed.weight"].shape == (10, 4 * digits.disc_features)
+    # Adam keeps state only for parameters that got a gradient: every one of both nets did
+    assert len(state["opt_d"]["state"]) == len(list(StyleGANDiscriminator(digits).parameters()))
+    assert len(state["opt_g"]["state"]) == len(list(StyleGANGenerator(digits).parameters()))
