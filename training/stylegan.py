@@ -47,7 +47,8 @@ class StyleGANTrainConfig:
     # The bundled recipe (stylegan-mnist): 10,000 steps at batch 32, the learning rates constant for
     # 7,000, then falling linearly to 0, DiffAugment translation on; ~50 minutes on one CPU thread.
     # Class-conditional (net.classes; served unconditional): the same recipe without classes is 0.88
-    # confident at seed 2026 (recall 0.88, FID / floor 1.08), with them 1.00 (recall 0.64, 2.12)
+    # confident at seed 2026 (recall 0.88, FID / floor 1.08), with them 0.99 (recall 0.78, 1.45;
+    # training seed 1, the bundled one) and 1.00 (recall 0.64, 2.12; training seed 0)
     net: StyleGANConfig = field(default_factory=lambda: StyleGANConfig(classes=10))
     loss: str = GANLoss.NON_SATURATING.value  # or lsgan; the R1 penalty applies to either
     steps: int = 10000
