@@ -121,14 +121,15 @@ def fit_top_mixture(
     generator, net = torch.Generator().manual_seed(0), net.eval()
     levels = uint8_levels(images_uint8)  # (N, 1, H, W)
     size, padded = levels.shape[-1], torch.nn.functional.pad(levels, (shift,) * 4)
-    tops, classes = [], []
-    for dy in range(2 * shift + 1):
-        for dx in range(2 * shift + 1):
+    offsets = range(2 * shift + 1)
+    tops = []
+    for dy in offsets:
+        for dx in offsets:
             v = padded[..., dy : dy + size, dx : dx + size]
             s, _ = levels_to_logit(v, torch.rand(v.shape, generator=generator), net.config.logit_alpha)
             tops += [net(s[i : i + batch_size])[0][:, -net.top_dims :] for i in range(0, len(s), batch_size)]
-            classes.append(torch.from_numpy(np.asarray(labels, dtype=np.int64)))
-    net.prior.fit(torch.cat(tops), torch.cat(classes), shrink)
+    classes = torch.from_numpy(np.asarray(labels, dtype=np.int64)).repeat(len(offsets) ** 2)  # shift by shift
+    net.prior.fit(torch.cat(tops), classes, shrink)
 
 
 @torch.no_grad()

@@ -225,6 +225,17 @@ class FlowStep(nn.Module):
 CHOICE_DIMS = 2  # latent coordinates a mixture flow's sampler reads its component from
 
 
+def sampler_latent_dim(image_channels: int, image_size: int, top_mixture: int) -> int:
+    """The size of the sampler's z: the flow's C H W latent, and with a mixture the pair its
+    component is read from (the net and its ONNX signature both ask here)."""
+    return image_channels * image_size**2 + (CHOICE_DIMS if top_mixture else 0)
+
+
+def standard_normal_log_prob(x: torch.Tensor) -> torch.Tensor:
+    """log N(x; 0, I) (B,) of rows x (B, D)."""
+    return -0.5 * (x.pow(2) + math.log(2 * math.pi)).sum(1)
+
+
 def component_of(pair: torch.Tensor, components: int) -> torch.Tensor:
     """Two independent N(0, s^2) coordinates (B, 2) -> a component (B,) int64, uniform on
     0 .. components - 1 whatever s: the ratio a / b of the pair is Cauchy for every s, and its CDF
@@ -315,8 +326,7 @@ class Flow(nn.Module):
         self.z_shapes.append((c, size, size))
         self.top_dims = c * size * size
         self.prior = GaussianMixturePrior(config.top_mixture, self.top_dims) if config.top_mixture else None
-        # z of the sampler: the flow's latent, and with a mixture the pair its component is read from
-        self.latent_dim = self.dims + (CHOICE_DIMS if self.prior is not None else 0)
+        self.latent_dim = sampler_latent_dim(config.image_channels, config.image_size, config.top_mixture)
 
     def forward(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, logdet, parts = s, s.new_zeros(s.shape[0]), []
@@ -361,9 +371,9 @@ class Flow(nn.Module):
         """log p(z) (B,) of the flow's output z (B, D): standard normal, the top latent under the
         mixture if there is one."""
         if self.prior is None:
-            return -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(1)
+            return standard_normal_log_prob(z)
         rest, top = z[:, : -self.top_dims], z[:, -self.top_dims :]
-        return -0.5 * (rest.pow(2) + math.log(2 * math.pi)).sum(1) + self.prior.log_prob(top)
+        return standard_normal_log_prob(rest) + self.prior.log_prob(top)
 
     def latent_of(self, z: torch.Tensor) -> torch.Tensor:
         """The sampler's latent (B, latent_dim), standard normal times a temperature -> the flow's z

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from genserve.nets.flow import CHOICE_DIMS, FlowLikelihood, FlowSampler
+from genserve.nets.flow import FlowLikelihood, FlowSampler, sampler_latent_dim
 from genserve.nets.latent_diffusion import LatentDecode, LatentDiffusionStep
 from genserve.nets.pixelcnn import PixelCNNStep
 from genserve.nets.step import step_module
@@ -86,7 +86,7 @@ GRAPHS: dict[tuple[str, str], Graph] = {
         ModelKind.SAMPLER,
         FlowSampler,
         signature=lambda cfg: latent_sampler_signature(
-            cfg["image_channels"] * cfg["image_size"] ** 2 + (CHOICE_DIMS if cfg.get("top_mixture") else 0),
+            sampler_latent_dim(cfg["image_channels"], cfg["image_size"], cfg.get("top_mixture", 0)),
             (cfg["image_channels"], cfg["image_size"], cfg["image_size"]),
         ),
     ),
